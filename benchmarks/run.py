@@ -19,6 +19,10 @@ Benchmarks (``--only NAME``, repeatable):
   <= torch.compile in time, at most 2 compiles).
 * ``graph_break`` -- two GPT-2-shaped blocks with a ``print`` between them, against the same
   model without it, both compiled by kiln (target: >= 0.95x the speed).
+* ``train``     -- a training step (forward, loss, backward, SGD) of the GPT-2-shaped block
+  with ``backend="aot_eager"`` (target: kiln <= 1.2x eager), and the memory saved for the
+  backward and the peak memory of a step with kiln's min-cut partitioner
+  (benchmarks/training.py; target: peak <= eager's).
 
 Prints a table and writes every figure, with the min and the median over rounds and the
 machine's description, to ``benchmarks/results/<name>-<date>.csv`` (``--name`` defaults to
@@ -47,7 +51,7 @@ from typing import Any
 import torch
 
 import kiln
-from benchmarks import models
+from benchmarks import models, training
 from benchmarks.timing import (
     EAGER,
     KILN,
@@ -303,6 +307,7 @@ BENCHMARKS: dict[str, Callable[[Settings], list[Row]]] = {
     "suite": bench_suite,
     "graph_break": bench_graph_break,
     "dynamic": bench_dynamic,
+    "train": training.bench_train,
 }
 
 

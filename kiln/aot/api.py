@@ -87,8 +87,11 @@ def compile_flat(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any]
     if meta.metadata_mutations:
         raise AotUnsupported("the function changes the metadata (shape, strides) of inputs "
                              f"{meta.metadata_mutations} in place")
-    needs_autograd = torch.is_grad_enabled() and any(
-        isinstance(a, torch.Tensor) and a.requires_grad for a in fake_args)
+    # what needs a gradient is what the program's outputs say (grad mode may change inside)
+    needs_autograd = any(
+        out.is_tensor and out.requires_grad and not out.regenerated for out in meta.outputs
+    ) or any(meta.inputs[i].new_value_requires_grad for i in meta.mutated_inputs) or \
+        any(meta.intermediate_bases)
     if not needs_autograd:
         gm = trace(inference_function(flat_fn, meta), [list(fake_args)], fake_mode,
                    decompositions)
@@ -102,7 +105,7 @@ def _compile_training(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence
                       fake_mode: Any, meta: AotMetadata, fw_compiler: Compiler,
                       bw_compiler: Compiler, partition_fn: Callable[..., Any],
                       decompositions: dict[Any, Any] | None) -> Callable[..., list[Any]]:
-    num_fwd = len(meta.outputs) + len(meta.mutated_inputs)
+    num_fwd = meta.num_forward_outputs
     with fake_mode:
         tangents = [tangent_like(meta.examples[p]) for p in differentiable_outputs(meta)]
     joint = trace(joint_function(flat_fn, meta), [list(fake_args), tangents], fake_mode,
@@ -113,7 +116,8 @@ def _compile_training(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence
     num_saved_tensors = sum(isinstance(v, torch.Tensor) for v in bw_inputs[:num_saved])
     compiled_fw = fw_compiler(fw_gm, list(fake_args))
     compiled_bw = bw_compiler(bw_gm, bw_inputs)
-    return make_training_runtime(compiled_fw, compiled_bw, meta, num_saved, num_saved_tensors)
+    return make_training_runtime(compiled_fw, compiled_bw, meta, num_saved, num_saved_tensors,
+                                 enable_grad=not torch.is_grad_enabled())
 
 
 def _fake_args(flat_args: Sequence[Any], dynamic: bool = False) -> tuple[list[Any], Any]:
@@ -300,14 +304,17 @@ def aot_export_joint_simple(func: Callable[..., Any], args: Sequence[Any], *,
         return pytree.tree_flatten(func(*pytree.tree_unflatten(list(flat), in_spec)))[0]
 
     fakes, mode = _fake_args(flat_args)
-    meta = collect_metadata(flat_fn, fakes, mode)
+    # a forward-only export is an inference graph: nothing in it is differentiated
+    with torch.set_grad_enabled(torch.is_grad_enabled() and trace_joint):
+        meta = collect_metadata(flat_fn, fakes, mode)
     if meta.mutated_inputs or meta.metadata_mutations:
         raise AotUnsupported("aot_export_joint_simple does not support input mutations")
     if any(out.regenerated for out in meta.outputs):
         raise AotUnsupported("aot_export_joint_simple does not support outputs that alias "
                              "inputs or other outputs")
     if not trace_joint:
-        return trace(inference_function(flat_fn, meta), [fakes], mode, decompositions)
+        with torch.no_grad():
+            return trace(inference_function(flat_fn, meta), [fakes], mode, decompositions)
     with mode:
         tangents = [tangent_like(meta.examples[p]) for p in differentiable_outputs(meta)]
     return trace(joint_function(flat_fn, meta), [fakes, tangents], mode, decompositions,
@@ -339,7 +346,7 @@ def aot_export_function(func: Callable[..., Any], args: Sequence[Any], *,
                 tangent_like(meta.examples[p]) for p in differentiable_outputs(meta)]
         gm = trace(joint_function(flat_fn, meta, no_tangents), [fakes, tangents], mode,
                    decompositions,
-                   num_fwd_outputs=len(meta.outputs) + len(meta.mutated_inputs))
+                   num_fwd_outputs=meta.num_forward_outputs)
     return gm, meta, in_spec, out_spec[0] if out_spec else None
 
 

@@ -16,11 +16,13 @@ off them).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
+from torch.overrides import TorchFunctionMode
 
 
 def to_functional(value: Any) -> Any:
@@ -43,30 +45,81 @@ def from_functional(value: Any) -> Any:
     return torch._from_functional_tensor(value)
 
 
+def _batch_norm(x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any,
+                training: bool, momentum: float, eps: float) -> Any:
+    aten = torch.ops.aten
+    if training:
+        return aten._native_batch_norm_legit.default(
+            x, weight, bias, running_mean, running_var, True, momentum, eps)[0]
+    return aten._native_batch_norm_legit_no_training.default(
+        x, weight, bias, running_mean, running_var, momentum, eps)[0]
+
+
+def _functional_batch_norm(input: Any, running_mean: Any, running_var: Any, weight: Any = None,
+                           bias: Any = None, training: bool = False, momentum: float = 0.1,
+                           eps: float = 1e-5) -> Any:
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+class _Rerouted(TorchFunctionMode):
+    """Calls whose usual aten op loses a mutation under functionalization, sent to an
+    equivalent op that keeps it: ``native_batch_norm``'s update of the running statistics is
+    applied but not recorded as a mutation, ``_native_batch_norm_legit``'s is."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.batch_norm:
+            bound = inspect.signature(_functional_batch_norm).bind(*args, **kwargs)
+            if bound.arguments.get("running_mean") is not None and \
+                    bound.arguments.get("running_var") is not None:
+                return _functional_batch_norm(*bound.args, **bound.kwargs)
+        if func is torch.batch_norm and not kwargs and len(args) == 9 and \
+                args[3] is not None and args[4] is not None:
+            x, weight, bias, mean, var, training, momentum, eps, _ = args
+            return _batch_norm(x, mean, var, weight, bias, training, momentum, eps)
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def functionalization() -> Iterator[None]:
     """Functionalize the operations run inside (on functional wrappers)."""
     torch._enable_functionalization(reapply_views=True)
     try:
-        yield
+        with _Rerouted():
+            yield
     finally:
         torch._disable_functionalization()
 
 
-def input_views(wrapped: list[Any]) -> list[Any]:
-    """A view of each wrapped input tensor, for the program to run on: in-place operations
-    on an input that is a leaf requiring grad are then recorded by autograd (on the view)
-    instead of refused; whether they are allowed at all is decided when the mutation is
-    applied to the real input after the call (as eager would)."""
-    return [w.view(w.shape) if isinstance(w, torch.Tensor) else w for w in wrapped]
+def input_views(wrapped: list[Any], fresh: set[int] | frozenset[int] = frozenset()
+                ) -> list[Any]:
+    """What the program runs on instead of each wrapped input: a view of it, so in-place
+    operations on an input that is a leaf requiring grad are recorded by autograd instead of
+    refused (whether they are allowed at all is decided when the mutation is applied to the
+    real input after the call, as eager would). The inputs in ``fresh`` (mutated inputs that
+    require grad) get a copy instead: autograd differentiates through an in-place update of
+    a copy, not of a view of a leaf (torch's AOT autograd clones them too)."""
+    return [w.clone() if i in fresh else w.view(w.shape) if isinstance(w, torch.Tensor)
+            else w for i, w in enumerate(wrapped)]
 
 
-def mutation_state(wrapped: Any) -> tuple[bool, bool, bool]:
-    """(data mutated, metadata mutated, all mutations under no_grad) of a wrapped input."""
+def mutation_state(wrapped: Any, view: Any) -> tuple[bool, bool, bool]:
+    """(data mutated, metadata mutated, all mutations under no_grad or hidden from
+    autograd) of a wrapped input the program ran on through ``view``. Both are asked: some
+    mutations (batch norm's running statistics) are recorded on the view only, and a change
+    of shape or strides (``x.t_()``) can only show on the view."""
     torch._sync(wrapped)
-    return (torch._functionalize_has_data_mutation(wrapped),
-            torch._functionalize_has_metadata_mutation(wrapped),
-            torch._functionalize_are_all_mutations_under_no_grad_or_inference_mode(wrapped))
+    torch._sync(view)
+    data = torch._functionalize_has_data_mutation(wrapped) or \
+        torch._functionalize_has_data_mutation(view)
+    meta = torch._functionalize_has_metadata_mutation(wrapped) or \
+        torch._functionalize_has_metadata_mutation(view)
+    hidden = all(
+        torch._functionalize_are_all_mutations_under_no_grad_or_inference_mode(t) or
+        torch._functionalize_are_all_mutations_hidden_from_autograd(t)
+        for t in (wrapped, view) if torch._functionalize_has_data_mutation(t))
+    return data, meta, hidden
 
 
 def storage_of(value: torch.Tensor) -> StorageWeakRef:

@@ -34,6 +34,9 @@ class Alias(enum.Enum):
     VIEW_OF_INPUT = "view_of_input"
     IS_OUTPUT = "is_output"        # the same object as an earlier output
     VIEW_OF_OUTPUT = "view_of_output"
+    # a view of a tensor made inside the function that is not itself returned: the tensor
+    # (the "intermediate base") becomes an extra output, and the view is rebuilt from it
+    VIEW_OF_INTERMEDIATE = "view_of_intermediate"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class OutputInfo:
     is_tensor: bool
     requires_grad: bool
     alias: Alias = Alias.NONE
-    base: int | None = None  # the input or output index it aliases
+    base: int | None = None  # the input, output or intermediate base index it aliases
 
     @property
     def regenerated(self) -> bool:
@@ -68,7 +71,10 @@ class AotMetadata:
     inputs: tuple[InputInfo, ...]
     outputs: tuple[OutputInfo, ...]
     grad_enabled_after: bool
-    # fake values of the outputs, then of the mutated inputs' new values (tangent shapes)
+    # requires_grad of each intermediate base, in the order of their first view among outputs
+    intermediate_bases: tuple[bool, ...] = ()
+    # fake values of the outputs, of the mutated inputs' new values, then of the intermediate
+    # bases (tangent shapes)
     examples: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     @property
@@ -76,6 +82,12 @@ class AotMetadata:
         """Indices of inputs whose data the function mutates (in order): their new values
         are extra graph outputs, copied into the inputs after each call."""
         return [i for i, info in enumerate(self.inputs) if info.mutates_data]
+
+    @property
+    def num_forward_outputs(self) -> int:
+        """How many values the forward returns before what it saves: outputs, mutated
+        inputs' new values, intermediate bases."""
+        return len(self.outputs) + len(self.mutated_inputs) + len(self.intermediate_bases)
 
     @property
     def metadata_mutations(self) -> list[int]:
@@ -102,37 +114,39 @@ def collect_metadata(fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any],
     try:
         with fake_mode, functionalization():
             views = input_views(wrapped)
-            geometry = [_geometry(v) for v in views]
             outs = list(fn(*views))
             grad_after = torch.is_grad_enabled()
     finally:
         torch._C._set_grad_enabled(grad_before)
     inputs = []
-    for arg, w, view, before in zip(fake_args, wrapped, views, geometry):
+    for arg, w, view in zip(fake_args, wrapped, views):
         if not isinstance(arg, torch.Tensor):
             inputs.append(InputInfo(False, False))
             continue
-        data, meta, no_grad = mutation_state(w)
-        # the program ran on a view of the input: an in-place change of shape or strides
-        # (``x.t_()``) shows on that view, not on the input's wrapper
-        meta = meta or _geometry(view) != before
+        data, meta, no_grad = mutation_state(w, view)
         # a mutation made under no_grad is hidden from autograd: its new value needs no grad
         inputs.append(InputInfo(True, arg.requires_grad, data, meta, no_grad,
                                 bool(data and view.requires_grad and not no_grad)))
-    outputs = [_output_info(j, out, outs, wrapped, views) for j, out in enumerate(outs)]
+    bases: list[torch.Tensor] = []
+    outputs = [_output_info(j, out, outs, wrapped, views, bases) for j, out in enumerate(outs)]
     mutated = [i for i, info in enumerate(inputs) if info.mutates_data]
     examples = [from_functional(o) for o in outs] + [from_functional(views[i]) for i in mutated]
-    return AotMetadata(tuple(inputs), tuple(outputs), grad_after, tuple(examples))
+    examples += [from_functional(b) for b in bases]
+    return AotMetadata(tuple(inputs), tuple(outputs), grad_after,
+                       tuple(b.requires_grad for b in bases), tuple(examples))
 
 
-def _geometry(value: Any) -> Any:
-    if not isinstance(value, torch.Tensor):
-        return None
-    return (tuple(value.shape), tuple(value.stride()), value.storage_offset())
+def intermediate_bases(outs: Sequence[Any], meta: AotMetadata) -> list[torch.Tensor]:
+    """The intermediate bases of ``outs`` (the function's outputs), in ``meta``'s order."""
+    bases: list[Any] = [None] * len(meta.intermediate_bases)
+    for out, info in zip(outs, meta.outputs):
+        if info.alias is Alias.VIEW_OF_INTERMEDIATE:
+            bases[info.base] = out._base
+    return bases
 
 
 def _output_info(j: int, out: Any, outs: list[Any], wrapped: list[Any],
-                 views: list[Any]) -> OutputInfo:
+                 views: list[Any], bases: list[torch.Tensor]) -> OutputInfo:
     if not isinstance(out, torch.Tensor):
         return OutputInfo(False, False)
     requires_grad = out.requires_grad
@@ -151,8 +165,17 @@ def _output_info(j: int, out: Any, outs: list[Any], wrapped: list[Any],
             if k != j and isinstance(other, torch.Tensor) and not is_view(other) and \
                     storage_of(other) == storage:
                 return OutputInfo(True, requires_grad, Alias.VIEW_OF_OUTPUT, k)
+    if out._base is not None and requires_grad:
+        # returned from an autograd.Function, a view of a tensor made inside it could not
+        # be updated in place: its base is returned instead and the view made outside
+        # (without autograd, as torch does, the view is an ordinary output)
+        for k, base in enumerate(bases):
+            if base is out._base:
+                return OutputInfo(True, requires_grad, Alias.VIEW_OF_INTERMEDIATE, k)
+        bases.append(out._base)
+        return OutputInfo(True, requires_grad, Alias.VIEW_OF_INTERMEDIATE, len(bases) - 1)
     return OutputInfo(True, requires_grad)
 
 
 __all__ = ["Alias", "InputInfo", "OutputInfo", "AotMetadata", "collect_metadata",
-           "fresh_fake"]
+           "fresh_fake", "intermediate_bases"]

@@ -30,7 +30,10 @@ symbolic size by its hint):
 - a SymInt/SymFloat: 1; a tuple or other non-tensor value: infinite (cannot be saved).
 
 Forward outputs cost their full size: the caller may drop them, and saving keeps them alive.
+A dropout's output is, for the backward, ``input * mask * scale``: only the mask is random,
+so the backward may rebuild the output from the mask (see ``recompute_dropout_outputs``).
 Among cuts of equal cost the one closest to the backward wins (the least recomputation).
+In the backward graph each recomputed value is computed just before its first use.
 Unclaimed expensive nodes (needed only by the backward, computable from primals) may run in
 either graph; if a cut would have the forward compute one that the backward then computes
 again, it is banned and the cut solved again. The result is deterministic: the network is
@@ -67,15 +70,16 @@ SIZE_GUESS = 4096      # a symbolic size without a hint
 
 aten = torch.ops.aten
 
-# cheap ops besides pointwise ops and views: copies, factories, O(n) reductions and
-# normalizations (memory-bound, like a few pointwise ops)
+# cheap ops besides pointwise ops and views: copies, factories, O(n) reductions (memory-bound,
+# like a few pointwise ops). Not normalizations (softmax, layer norm): until a code
+# generator fuses them into their consumers, recomputing one is a whole extra kernel, and
+# torch's list leaves them out too.
 CHEAP_OPS = {
     aten.clone, aten._unsafe_view, aten.reshape, aten._to_copy, aten.copy,
     aten.lift_fresh_copy, aten.cat, aten.full, aten.zeros, aten.ones, aten.full_like,
     aten.zeros_like, aten.ones_like, aten.new_zeros, aten.new_ones, aten.new_full,
     aten.scalar_tensor, aten.arange, aten.tril, aten.triu, aten.sum, aten.mean, aten.amax,
-    aten.amin, aten._softmax, aten._log_softmax, aten.native_layer_norm, aten.sym_size,
-    aten.sym_stride, aten.sym_numel, aten.sym_storage_offset,
+    aten.amin, aten.sym_size, aten.sym_stride, aten.sym_numel, aten.sym_storage_offset,
 }
 # expensive ops named for the reader; everything not cheap is treated as expensive
 EXPENSIVE_OPS = {
@@ -113,21 +117,22 @@ def is_cheap(node: torch.fx.Node) -> bool:
     return is_symbolic(node)
 
 
+def _has_side_effects(node: torch.fx.Node) -> bool:
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.is_mutable or not target._schema.returns
+    return node.op == "call_function" and not is_cheap(node)
+
+
 def _is_view(node: torch.fx.Node) -> bool:
     return isinstance(node.target, torch._ops.OpOverload) and node.target.is_view
 
 
-def _hint(size: Any) -> int:
-    if isinstance(size, torch.SymInt):
-        hint = size.node.hint
-        return int(hint) if hint is not None else SIZE_GUESS
-    return int(size)
-
-
 def tensor_bytes(value: torch.Tensor) -> int:
     numel = 1
-    for size in value.shape:
-        numel *= _hint(size)
+    for size in value.shape:  # a symbolic size by its hint
+        hint = size.node.hint if isinstance(size, torch.SymInt) else size
+        numel *= int(hint) if hint is not None else SIZE_GUESS
     return numel * value.element_size()
 
 
@@ -254,7 +259,7 @@ def choose_saved(joint: torch.fx.GraphModule, num_fwd_outputs: int, banned: set[
     index = {n: k for k, n in enumerate(nodes)}
     source, sink = 0, 1
 
-    def vin(n: torch.fx.Node) -> int:
+    def vin(n: torch.fx.Node) -> int:  # the vertices n.in and n.out
         return 2 + 2 * index[n]
 
     def vout(n: torch.fx.Node) -> int:
@@ -283,11 +288,77 @@ def choose_saved(joint: torch.fx.GraphModule, num_fwd_outputs: int, banned: set[
             and vin(n) not in sink_side and vout(n) in sink_side}
 
 
-def _has_side_effects(node: torch.fx.Node) -> bool:
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        return target._schema.is_mutable or not target._schema.returns
-    return node.op == "call_function" and not is_cheap(node)
+def recompute_dropout_outputs(joint: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:
+    """Compute each dropout's output as ``native_dropout_backward(input, mask, scale)``
+    (``input * mask * scale``, pointwise) from the random op's mask, so that the backward can
+    rebuild it from the input and the (smaller) mask instead of having it saved. Only for
+    float32/float64, where this equals native_dropout's output bit for bit. Rewrites
+    ``joint`` in place; returns {name of the rebuilt output: the dropout node}, for
+    :func:`_restore_dropout_outputs`."""
+    rebuilt = {}
+    for node in list(joint.graph.nodes):
+        if node.target is not aten.native_dropout.default or node.args[2] is not True:
+            continue
+        parts = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+        output, mask = parts.get(0), parts.get(1)
+        if output is None or mask is None or \
+                output.meta["val"].dtype not in (torch.float32, torch.float64):
+            continue
+        p = node.args[1]
+        with joint.graph.inserting_after(mask):
+            again = joint.graph.call_function(aten.native_dropout_backward.default,
+                                              (node.args[0], mask, 1.0 / (1.0 - p) if p < 1
+                                               else 0.0))
+        again.meta = dict(output.meta)
+        output.replace_all_uses_with(again)
+        joint.graph.erase_node(output)
+        rebuilt[again.name] = node
+    return rebuilt
+
+
+def _restore_dropout_outputs(forward: torch.fx.GraphModule,
+                             rebuilt: dict[str, torch.fx.Node]) -> torch.fx.GraphModule:
+    """In the forward graph, take each rebuilt dropout output from the dropout itself."""
+    by_name = {n.name: n for n in forward.graph.nodes}
+    for name, dropout in rebuilt.items():
+        if name not in by_name:
+            continue
+        with forward.graph.inserting_after(by_name[dropout.name]):
+            output = forward.graph.call_function(operator.getitem, (by_name[dropout.name], 0))
+        output.meta = dict(by_name[name].meta)
+        by_name[name].replace_all_uses_with(output)
+        forward.graph.erase_node(by_name[name])
+    forward.graph.eliminate_dead_code()
+    forward.graph.lint()
+    forward.recompile()
+    return forward
+
+
+def _copy(joint: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(joint.graph, {}))
+    copied = torch.fx.GraphModule(joint, graph)
+    copied.meta = dict(joint.meta)
+    return copied
+
+
+def compute_just_in_time(backward: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Move each node that does not depend on a tangent (a recomputed forward value) to just
+    before its first user. The backward graph keeps the joint graph's order, where forward
+    values come first: recomputed at the start, they would stay alive through the whole
+    backward."""
+    closure = tangent_closure(backward)
+    for node in reversed(list(backward.graph.nodes)):
+        if node.op != "call_function" or node in closure or not node.users:
+            continue
+        first_user = node.next
+        while first_user not in node.users:
+            first_user = first_user.next
+        if first_user is not node.next:
+            first_user.prepend(node)
+    backward.graph.lint()
+    backward.recompile()
+    return backward
 
 
 def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
@@ -296,17 +367,21 @@ def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
                                         ) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
     """Split ``joint_module`` saving the least memory (see the module docstring); the same
     contract as :func:`kiln.aot.partition.default_partition`."""
-    fwd_outputs, grads = joint_outputs(joint_module, num_fwd_outputs)
-    tangents = {n for n in joint_module.graph.nodes if is_tangent(n)}
-    backward_only = tangent_closure(joint_module)
+    joint = joint_module
+    if any(n.target is aten.native_dropout.default for n in joint.graph.nodes):
+        joint = _copy(joint_module)
+    rebuilt = recompute_dropout_outputs(joint)
+    fwd_outputs, grads = joint_outputs(joint, num_fwd_outputs)
+    tangents = {n for n in joint.graph.nodes if is_tangent(n)}
+    backward_only = tangent_closure(joint)
     needed_by_forward = ancestors(fwd_outputs)
-    mutated = mutated_primals(joint_module, _joint_inputs)
-    banned = {n for n in joint_module.graph.nodes if n.op != "output"
+    mutated = mutated_primals(joint, _joint_inputs)
+    banned = {n for n in joint.graph.nodes if n.op != "output"
               and n not in backward_only
               and (is_primal(n) or is_random(n) or _has_side_effects(n)
                    or (n in needed_by_forward and not is_cheap(n)))}
     while True:
-        saved = choose_saved(joint_module, num_fwd_outputs, banned, mutated)
+        saved = choose_saved(joint, num_fwd_outputs, banned, mutated)
         if saved is None:
             log.warning("kiln.aot: no finite min cut; using the default partition")
             return default_partition(joint_module, _joint_inputs,
@@ -316,9 +391,13 @@ def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
         forward = ancestors([*fwd_outputs, *saved])
         computed_twice = {n for n in (backward - saved) & forward if not is_cheap(n)}
         if not computed_twice:
-            return split(joint_module, num_fwd_outputs, saved)
+            break
         banned |= computed_twice
+    forward_graph, backward_graph = split(joint, num_fwd_outputs, saved)
+    return (_restore_dropout_outputs(forward_graph, rebuilt),
+            compute_just_in_time(backward_graph))
 
 
 __all__ = ["min_cut_rematerialization_partition", "FlowNetwork", "save_cost", "is_cheap",
-           "is_random", "tangent_closure", "choose_saved"]
+           "is_random", "tangent_closure", "choose_saved", "compute_just_in_time",
+           "recompute_dropout_outputs"]

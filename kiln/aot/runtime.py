@@ -14,7 +14,9 @@ puts eager's behaviour back around them:
   requires grad, are raised as eager raises them).
 - aliases: an output that is an input is that input object; an output that is a view of an
   input or of another output is rebuilt as a view of it (``as_strided``), so later in-place
-  updates and gradients flow as in eager.
+  updates and gradients flow as in eager. A view of a tensor made inside the function is
+  rebuilt from that tensor, which the forward returns as an extra output (a view created
+  inside an autograd.Function could not be updated in place).
 - grad mode: set to what the program left (``torch.set_grad_enabled(False)`` inside it).
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-from kiln.aot.metadata import Alias, AotMetadata, InputInfo, OutputInfo
+from kiln.aot.metadata import Alias, AotMetadata, InputInfo
 from kiln.aot.trace import differentiable_outputs
 
 DOUBLE_BACKWARD_ERROR = ("kiln.compile with aot_autograd does not currently support double "
@@ -52,7 +54,15 @@ def _alias_of(carrier: torch.Tensor, base: torch.Tensor, base_value: torch.Tenso
     """``carrier`` (a view the graph returned) as a view of ``base``. When the graph's view
     lives in ``base``'s storage its geometry applies as is; when it is a view of a new value
     the graph computed for ``base`` (a mutated input), offsets are taken relative to that
-    value, whose layout ``base`` shares."""
+    value, whose layout ``base`` shares. A view with another dtype (``x.view(torch.int32)``)
+    is taken of ``base`` reinterpreted in that dtype."""
+    if carrier.dtype != base.dtype:
+        try:
+            base = base.view(carrier.dtype)
+            if base_value is not None:
+                base_value = base_value.view(carrier.dtype)
+        except RuntimeError:
+            return carrier
     if carrier.untyped_storage().data_ptr() == base.untyped_storage().data_ptr():
         return base.as_strided(carrier.size(), carrier.stride(), carrier.storage_offset())
     if base_value is not None and base_value.stride() == base.stride() and \
@@ -63,20 +73,29 @@ def _alias_of(carrier: torch.Tensor, base: torch.Tensor, base_value: torch.Tenso
 
 
 def finish_outputs(meta: AotMetadata, args: Sequence[Any], graph_outs: Sequence[Any],
-                   new_values: dict[int, Any]) -> list[Any]:
-    """The user-visible outputs: graph outputs, with aliases rebuilt from what they alias."""
-    final: list[Any] = []
+                   new_values: dict[int, Any], bases: Sequence[Any] = ()) -> list[Any]:
+    """The user-visible outputs: graph outputs, with aliases rebuilt from what they alias
+    (outputs first, then the aliases of outputs, whatever their order). An alias the program
+    made without autograd (``x.detach()``, a view under ``no_grad``) is detached. Views of
+    intermediates are rebuilt from ``bases`` when given (else the graph's view stands)."""
+    final = list(graph_outs)
     for j, info in enumerate(meta.outputs):
-        out = graph_outs[j]
         if info.alias is Alias.IS_INPUT:
-            out = args[info.base]
+            final[j] = args[info.base]
         elif info.alias is Alias.VIEW_OF_INPUT:
-            out = _alias_of(out, args[info.base], new_values.get(info.base))
-        elif info.alias is Alias.IS_OUTPUT:
-            out = final[info.base]
+            final[j] = _alias_of(graph_outs[j], args[info.base], new_values.get(info.base))
+        elif info.alias is Alias.VIEW_OF_INTERMEDIATE and bases:
+            final[j] = _alias_of(graph_outs[j], bases[info.base], None)
+    for j, info in enumerate(meta.outputs):
+        if info.alias is Alias.IS_OUTPUT:
+            final[j] = final[info.base]
         elif info.alias is Alias.VIEW_OF_OUTPUT:
-            out = _alias_of(out, final[info.base], None) if info.base < j else out
-        final.append(out)
+            final[j] = _alias_of(graph_outs[j], final[info.base], None)
+    for j, info in enumerate(meta.outputs):
+        out = final[j]
+        if info.regenerated and isinstance(out, torch.Tensor) and out.requires_grad and \
+                not info.requires_grad:
+            final[j] = out.detach()
     return final
 
 
@@ -98,9 +117,11 @@ def make_inference_runtime(compiled: Callable[..., Any], meta: AotMetadata
     """The runtime of a graph compiled without autograd (no input needs a gradient)."""
     num_outputs = len(meta.outputs)
 
+    num_mutated_end = num_outputs + len(meta.mutated_inputs)
+
     def run(*args: Any) -> list[Any]:
         outs = call_compiled(compiled, list(args))
-        new_values = _mutate_inputs(meta, args, outs[num_outputs:])
+        new_values = _mutate_inputs(meta, args, outs[num_outputs:num_mutated_end])
         result = finish_outputs(meta, args, outs[:num_outputs], new_values)
         _restore_grad_mode(meta)
         return result
@@ -128,14 +149,15 @@ class _NoDoubleBackward(torch.autograd.Function):
 
 
 def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable[..., Any],
-                          meta: AotMetadata, num_saved: int,
-                          num_saved_tensors: int) -> Callable[..., list[Any]]:
-    """The runtime of a forward/backward pair: an autograd.Function around the graphs."""
+                          meta: AotMetadata, num_saved: int, num_saved_tensors: int,
+                          enable_grad: bool = False) -> Callable[..., list[Any]]:
+    """The runtime of a forward/backward pair: an autograd.Function around the graphs.
+    ``enable_grad``: the function was compiled under ``no_grad`` and turns grad mode on
+    inside (``torch.enable_grad()``), so the autograd.Function must record in grad mode."""
     num_outputs = len(meta.outputs)
-    num_fwd = num_outputs + len(meta.mutated_inputs)
+    num_mutated_end = num_outputs + len(meta.mutated_inputs)
+    num_fwd = meta.num_forward_outputs
     tangent_positions = differentiable_outputs(meta)
-    output_infos: list[OutputInfo | InputInfo] = [*meta.outputs,
-                                                  *(meta.inputs[i] for i in meta.mutated_inputs)]
 
     def needs_grad(position: int, value: Any) -> bool:
         return isinstance(value, torch.Tensor) and position in tangent_positions
@@ -169,16 +191,20 @@ def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable
 
     def run(*args: Any) -> list[Any]:
         carriers = _ViewCarriers()
-        outs = list(CompiledFunction.apply(carriers, *args))
+        if enable_grad:
+            with torch.enable_grad():
+                outs = list(CompiledFunction.apply(carriers, *args))
+        else:
+            outs = list(CompiledFunction.apply(carriers, *args))
         for j, carrier in carriers.values.items():
             outs[j] = carrier
-        new_values = _mutate_inputs(meta, args, outs[num_outputs:num_fwd])
-        result = finish_outputs(meta, args, outs[:num_outputs], new_values)
+        new_values = _mutate_inputs(meta, args, outs[num_outputs:num_mutated_end])
+        result = finish_outputs(meta, args, outs[:num_outputs], new_values,
+                                outs[num_mutated_end:num_fwd])
         _restore_grad_mode(meta)
         return result
 
     run._kiln_aot_meta = meta  # type: ignore[attr-defined]
-    run._kiln_aot_outputs = output_infos  # type: ignore[attr-defined]
     return run
 
 

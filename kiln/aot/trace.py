@@ -4,7 +4,8 @@ forward-backward graph the partitioner splits.
 Both are ``make_fx`` traces of a wrapper around the user's function that runs it under
 functionalization (functional.py) on views of its inputs. The wrapper's outputs are, in
 order: every output of the function, then the new value of every input whose data it
-mutates. The joint wrapper then asks autograd for the gradients of the differentiable ones
+mutates, then the intermediate bases (tensors made inside whose views are outputs). The
+joint wrapper then asks autograd for the gradients of the differentiable ones
 (``torch.autograd.grad`` with one tangent input per differentiable output) with respect to
 the inputs that require grad, and returns them after the forward outputs, one per input
 (None where there is none).
@@ -27,7 +28,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from kiln.aot.functional import from_functional, functionalization, input_views, to_functional
-from kiln.aot.metadata import AotMetadata
+from kiln.aot.metadata import AotMetadata, intermediate_bases
 from kiln.aot.stack_traces import setup_stacktrace_preservation_hooks
 
 
@@ -40,13 +41,21 @@ def differentiable_outputs(meta: AotMetadata) -> list[int]:
     base = len(meta.outputs)
     positions += [base + k for k, i in enumerate(meta.mutated_inputs)
                   if meta.inputs[i].new_value_requires_grad]
+    base += len(meta.mutated_inputs)
+    positions += [base + k for k, rg in enumerate(meta.intermediate_bases) if rg]
     return positions
+
+
+def fresh_inputs(meta: AotMetadata) -> set[int]:
+    """Inputs the traced program runs on copies of: mutated ones that need a gradient."""
+    return {i for i in meta.mutated_inputs
+            if meta.inputs[i].requires_grad and torch.is_grad_enabled()}
 
 
 def _forward_outputs(fn: Callable[..., Sequence[Any]], meta: AotMetadata,
                      views: list[Any]) -> list[Any]:
     outs = list(fn(*views))
-    return outs + [views[i] for i in meta.mutated_inputs]
+    return outs + [views[i] for i in meta.mutated_inputs] + intermediate_bases(outs, meta)
 
 
 def inference_function(fn: Callable[..., Sequence[Any]], meta: AotMetadata
@@ -54,7 +63,7 @@ def inference_function(fn: Callable[..., Sequence[Any]], meta: AotMetadata
     def forward(primals: list[Any]) -> list[Any]:
         wrapped = [to_functional(p) for p in primals]
         with functionalization():
-            outs = _forward_outputs(fn, meta, input_views(wrapped))
+            outs = _forward_outputs(fn, meta, input_views(wrapped, fresh_inputs(meta)))
         return [from_functional(o) for o in outs]
 
     return forward
@@ -72,7 +81,7 @@ def joint_function(fn: Callable[..., Sequence[Any]], meta: AotMetadata,
         if no_tangents:
             wrapped_tangents = [None] * len(positions)
         with functionalization():
-            outs = _forward_outputs(fn, meta, input_views(wrapped))
+            outs = _forward_outputs(fn, meta, input_views(wrapped, fresh_inputs(meta)))
             wanted = [k for k, w in enumerate(wrapped)
                       if isinstance(w, torch.Tensor) and w.requires_grad]
             pairs = [(outs[p], t) for p, t in zip(positions, wrapped_tangents)

@@ -9,6 +9,7 @@ from typing import Any
 import torch.fx
 
 from kiln.backends.registry import register_backend
+from kiln.counters import counters
 
 log = logging.getLogger("kiln.backends")
 
@@ -28,17 +29,44 @@ def kiln_backend(gm: torch.fx.GraphModule, example_inputs: list[Any],
     return aot_eager(gm, example_inputs, **kwargs)
 
 
+def _aot(gm: torch.fx.GraphModule, example_inputs: list[Any], partition_fn: Any,
+         **kwargs: Any) -> Callable[..., Any]:
+    """AOT autograd with graphs that run as they are (as plain Python functions calling each
+    op, kiln/aot/python_runner.py). Where AOT cannot handle the graph
+    (kiln.aot.AotUnsupported) the captured graph runs instead, with a warning.
+    ``kiln.counters["aot_autograd"]`` counts ``total``, ``ok`` and ``not_ok`` as torch's."""
+    from kiln.aot import AotUnsupported, aot_module_simplified
+    from kiln.aot.python_runner import boxed_python
+
+    counters["aot_autograd"]["total"] += 1
+    try:
+        compiled = aot_module_simplified(gm, example_inputs, fw_compiler=boxed_python,
+                                         partition_fn=partition_fn,
+                                         keep_inference_input_mutations=True)
+    except AotUnsupported as e:
+        counters["aot_autograd"]["not_ok"] += 1
+        log.warning("kiln: this graph runs without AOT autograd: %s", e)
+        return gm.forward
+    counters["aot_autograd"]["ok"] += 1
+    return compiled
+
+
 @register_backend
 def aot_eager(gm: torch.fx.GraphModule, example_inputs: list[Any],
               **kwargs: Any) -> Callable[..., Any]:
     """AOT autograd with graphs that run as they are: the captured graph traced to aten,
-    functionalized, split into forward and backward graphs. Where AOT cannot handle the
-    graph (kiln.aot.AotUnsupported) it runs the captured graph instead, with a warning."""
-    from kiln.aot import AotUnsupported, aot_module_simplified, boxed_nop
+    functionalized, split into forward and backward graphs by the min-cut partitioner (as
+    torch's ``aot_eager``: the backward recomputes cheap values rather than keep them)."""
+    from kiln.aot.partition_mincut import min_cut_rematerialization_partition
 
-    try:
-        return aot_module_simplified(gm, example_inputs, fw_compiler=boxed_nop,
-                                     keep_inference_input_mutations=True)
-    except AotUnsupported as e:
-        log.warning("kiln: this graph runs without AOT autograd: %s", e)
-        return gm.forward
+    return _aot(gm, example_inputs, min_cut_rematerialization_partition, **kwargs)
+
+
+@register_backend
+def aot_eager_default_partitioner(gm: torch.fx.GraphModule, example_inputs: list[Any],
+                                  **kwargs: Any) -> Callable[..., Any]:
+    """``aot_eager`` with the default partitioner: the backward gets every forward value it
+    reads, saved."""
+    from kiln.aot.partition import default_partition
+
+    return _aot(gm, example_inputs, default_partition, **kwargs)

@@ -1,11 +1,14 @@
 """Whole models through kiln.compile(fullgraph=True): one graph, equal to eager (outputs,
 buffers and gradients), no recompiles on new inputs of the same shape, exactly one recompile
-for train -> eval, and the state_dict layout of torch.compile's OptimizedModule.
+for train -> eval, and the state_dict layout of torch.compile's OptimizedModule. Outputs,
+buffers and gradients are checked with the "eager" backend (the captured graph) and with
+"aot_eager" (kiln's AOT autograd: functionalized aten graphs, forward and backward).
 
 The models are the benchmark suite's (benchmarks/models.py). Each test compiles a module and
 compares it with an identical deep copy run eagerly. Train mode keeps dropout on; the RNG is
 seeded before each of the two runs, so eager and compiled draw the same masks (the "eager"
-backend runs the captured graph's dropout calls in the order eager does).
+backend runs the captured graph's dropout calls in the order eager does, and AOT's forward
+graph keeps them in that order).
 """
 
 from __future__ import annotations
@@ -21,15 +24,16 @@ from benchmarks.models import MODELS
 
 MODEL_NAMES = ["resnet18", "gpt2_block", "gpt2_block_sdpa", "gpt2", "lstm_tagger"]
 MODES = ["train", "eval"]
+BACKENDS = ["eager", "aot_eager"]
 
 
-def _setup(name: str, mode: str) -> tuple[nn.Module, nn.Module, kiln.testing.CompileCounter,
-                                           nn.Module, object]:
+def _setup(name: str, mode: str, backend: str = "eager"
+           ) -> tuple[nn.Module, nn.Module, kiln.testing.CompileCounter, nn.Module, object]:
     """(eager reference, original module, counter, compiled module, make_inputs)."""
     model, make_inputs = MODELS[name]()
     model.train(mode == "train")
     reference = copy.deepcopy(model)
-    cnt = kiln.testing.CompileCounter()
+    cnt = kiln.testing.CompileCounterWithBackend(backend)
     compiled = kiln.compile(model, backend=cnt, fullgraph=True)
     return reference, model, cnt, compiled, make_inputs
 
@@ -53,15 +57,17 @@ def _loss(out: torch.Tensor) -> torch.Tensor:
     return (out * weights).sum() + out.square().mean()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_one_graph_equal_to_eager(name: str, mode: str) -> None:
-    reference, model, cnt, compiled, make_inputs = _setup(name, mode)
+def test_one_graph_equal_to_eager(name: str, mode: str, backend: str) -> None:
+    reference, model, cnt, compiled, make_inputs = _setup(name, mode, backend)
     inputs = make_inputs(1)
     expected = _run(reference, inputs)
     actual = _run(compiled, inputs)
     assert cnt.frame_count == 1
     assert cnt.op_count > 0
+    assert kiln.counters["aot_autograd"]["not_ok"] == 0
     torch.testing.assert_close(actual, expected)
     _assert_same_state(reference, model)  # BatchNorm's running stats in train mode
 
@@ -79,9 +85,10 @@ def test_new_inputs_same_shape_do_not_recompile(name: str, mode: str) -> None:
     _assert_same_state(reference, model)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_train_eval_switch(name: str) -> None:
-    reference, model, cnt, compiled, make_inputs = _setup(name, "train")
+def test_train_eval_switch(name: str, backend: str) -> None:
+    reference, model, cnt, compiled, make_inputs = _setup(name, "train", backend)
     counts = []
     # train: compile; eval: recompile once; back to train and eval: reuse both entries
     for step, mode in enumerate(["train", "eval", "train", "eval", "train"]):
@@ -99,10 +106,11 @@ def test_train_eval_switch(name: str) -> None:
     _assert_same_state(reference, model)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_gradients_equal_to_eager(name: str, mode: str) -> None:
-    reference, model, cnt, compiled, make_inputs = _setup(name, mode)
+def test_gradients_equal_to_eager(name: str, mode: str, backend: str) -> None:
+    reference, model, cnt, compiled, make_inputs = _setup(name, mode, backend)
     inputs = make_inputs(1)
     float_inputs = [x.is_floating_point() for x in inputs]
     ref_inputs = tuple(x.clone().requires_grad_(f) for x, f in zip(inputs, float_inputs))
@@ -113,6 +121,8 @@ def test_gradients_equal_to_eager(name: str, mode: str) -> None:
     assert out.requires_grad and out.grad_fn is not None
     _loss(out).backward()
     assert cnt.frame_count == 1
+    assert kiln.counters["aot_autograd"]["ok"] == (backend == "aot_eager")
+    assert kiln.counters["aot_autograd"]["not_ok"] == 0
 
     ref_params = dict(reference.named_parameters())
     params = dict(model.named_parameters())
