@@ -99,9 +99,12 @@ def input_views(wrapped: list[Any], fresh: set[int] | frozenset[int] = frozenset
     refused (whether they are allowed at all is decided when the mutation is applied to the
     real input after the call, as eager would). The inputs in ``fresh`` (mutated inputs that
     require grad) get a copy instead: autograd differentiates through an in-place update of
-    a copy, not of a view of a leaf (torch's AOT autograd clones them too)."""
-    return [w.clone() if i in fresh else w.view(w.shape) if isinstance(w, torch.Tensor)
-            else w for i, w in enumerate(wrapped)]
+    a copy, not of a view of a leaf (torch's AOT autograd clones them too). The views are
+    made with grad mode on, so a ``torch.enable_grad()`` region in a function called under
+    ``no_grad`` differentiates through them to the inputs, as eager does."""
+    with torch.enable_grad():  # connected to the inputs whatever the grad mode outside
+        return [w.clone() if i in fresh else w.view(w.shape) if isinstance(w, torch.Tensor)
+                else w for i, w in enumerate(wrapped)]
 
 
 def mutation_state(wrapped: Any, view: Any) -> tuple[bool, bool, bool]:

@@ -111,6 +111,7 @@ def collect_metadata(fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any],
     with fake_mode:
         leaves = [fresh_fake(a) for a in fake_args]
     wrapped = [to_functional(leaf) for leaf in leaves]
+    histories = [type(w.grad_fn) if isinstance(w, torch.Tensor) else None for w in wrapped]
     try:
         with fake_mode, functionalization():
             views = input_views(wrapped)
@@ -119,11 +120,15 @@ def collect_metadata(fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any],
     finally:
         torch._C._set_grad_enabled(grad_before)
     inputs = []
-    for arg, w, view in zip(fake_args, wrapped, views):
+    for arg, w, view, history in zip(fake_args, wrapped, views, histories):
         if not isinstance(arg, torch.Tensor):
             inputs.append(InputInfo(False, False))
             continue
         data, meta, no_grad = mutation_state(w, view)
+        # an in-place op autograd sees through the view gives the input (the view's base) a
+        # new history (CopySlices); one it does not see (through x.detach() or x.data) leaves
+        # its history as it was: eager hides such a mutation from autograd
+        no_grad = no_grad or bool(data and view.requires_grad and type(w.grad_fn) is history)
         # a mutation made under no_grad is hidden from autograd: its new value needs no grad
         inputs.append(InputInfo(True, arg.requires_grad, data, meta, no_grad,
                                 bool(data and view.requires_grad and not no_grad)))

@@ -280,9 +280,6 @@ OVERLAP = ("inputs that are overlapping views of one base are functionalized sep
            "a.add_(1) is not seen through b (torch.compile handles it with a synthetic base)")
 METADATA = ("x.t_() on an input: aot_function raises AotUnsupported (a documented limit; the "
             "backend falls back to the captured graph, which is right)")
-HIDDEN = ("x.detach().mul_(2) / x.data.mul_(2) on a leaf that requires grad: the write-back copy_ "
-          "runs with grad on (the mutation was not under no_grad) and raises 'a leaf Variable "
-          "that requires grad is being used in an in-place operation'; eager hides it from autograd")
 
 
 def _overlapping(g):
@@ -338,10 +335,8 @@ CASES = [
          xfail=ERROR_EARLY, xfail_aot=ERROR_EARLY),
     case(overlapping_input_views, _overlapping, xfail=OVERLAP, xfail_aot=OVERLAP),
     case(disjoint_input_views, _disjoint),
-    case(data_attribute_mutation, lambda g: (g.randn(3, rg=True), g.randn(3)), xfail=HIDDEN,
-         xfail_aot=HIDDEN),
-    case(mutation_through_detach, lambda g: (g.randn(3, rg=True), g.randn(3)), xfail=HIDDEN,
-         xfail_aot=HIDDEN),
+    case(data_attribute_mutation, lambda g: (g.randn(3, rg=True), g.randn(3))),
+    case(mutation_through_detach, lambda g: (g.randn(3, rg=True), g.randn(3))),
     case(nograd_copy_of_grad_value, lambda g: (g.randn(3), g.randn(3, rg=True))),
     case(nonleaf_input_slice_mutated, lambda g: _nonleaf(g.randn(2, 3, rg=True))),
     case(int_scatter_count, lambda g: (g.randint(3, 4), torch.tensor([0, 2]), g.randn(4))),

@@ -178,6 +178,15 @@ class TensorVariable(VariableTracker):
                            "Python", hint="keep the value as a tensor inside compiled code")
         if name in UNSUPPORTED_METHODS:
             tx.unsupported(f"Tensor.{name}() inside a compiled function")
+        if name == "requires_grad_":
+            # a tensor that starts requiring grad inside the graph would be an output of the
+            # compiled autograd.Function, not the leaf the program made (torch breaks too)
+            flag = [tx.constant_arg(a, "Tensor.requires_grad_ arguments")
+                    for a in [*args, *kwargs.values()]]
+            if bool(flag[0] if flag else True) != self.example.requires_grad:
+                tx.unsupported("Tensor.requires_grad_", hint="set requires_grad outside the "
+                               "compiled function")
+            return self
         if name == "type" and not args and not kwargs:
             return ConstantVariable(self.example.type())
         if name == "__getitem__":
