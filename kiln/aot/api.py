@@ -21,8 +21,10 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from kiln import config
+from kiln.aot.errors import AotUnsupported
 from kiln.aot.metadata import AotMetadata, collect_metadata
 from kiln.aot.partition import default_partition
 from kiln.aot.runtime import call_compiled, make_inference_runtime, make_training_runtime
@@ -38,10 +40,6 @@ from kiln.utils import detect_fake_mode
 log = logging.getLogger("kiln.aot")
 
 Compiler = Callable[[torch.fx.GraphModule, list[Any]], Callable[..., Any]]
-
-
-class AotUnsupported(RuntimeError):
-    """A program AOT autograd cannot compile yet (the backend may run it without AOT)."""
 
 
 # --- compilers and the boxed calling convention ----------------------------------------------
@@ -87,6 +85,72 @@ def compile_flat(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any]
     if meta.metadata_mutations:
         raise AotUnsupported("the function changes the metadata (shape, strides) of inputs "
                              f"{meta.metadata_mutations} in place")
+    shared = _sharing_mutated_inputs(fake_args, meta.mutated_inputs)
+    if shared:
+        raise AotUnsupported(f"inputs {shared} share memory and the function mutates "
+                             "some of them (one base for them, torch's 'synthetic base', is "
+                             "not implemented)")
+    run = _compile_graphs(flat_fn, fake_args, fake_mode, meta, fw_compiler, bw_compiler,
+                           partition_fn, decompositions, inference_compiler)
+    if not meta.mutated_inputs:
+        return run
+    mutated = meta.mutated_inputs
+
+    def run_unless_aliased(*args: Any) -> list[Any]:
+        # compiled for inputs that share no memory: called with views of one another, a
+        # mutation through one must show through the others, which only eager gives
+        if any(isinstance(a, torch.Tensor) and a._base is not None for a in args) and \
+                _sharing_mutated_inputs(args, mutated):
+            return list(flat_fn(*args))
+        return run(*args)
+
+    run_unless_aliased._kiln_aot_meta = meta  # type: ignore[attr-defined]
+    return run_unless_aliased
+
+
+def _sharing_mutated_inputs(args: Sequence[Any], mutated: Sequence[int]) -> list[int]:
+    """Indices of distinct tensor inputs whose memory may overlap a mutated input's."""
+    if not mutated:
+        return []
+    storages = {i: StorageWeakRef(a.untyped_storage()) for i, a in enumerate(args)
+                if isinstance(a, torch.Tensor)}
+    found: set[int] = set()
+    for m in mutated:
+        for i, storage in storages.items():
+            if i != m and storage == storages[m] and args[i] is not args[m] and \
+                    _may_overlap(args[i], args[m]):
+                found |= {i, m}
+    return sorted(found)
+
+
+def _extent(t: torch.Tensor) -> tuple[int, int] | None:
+    """The first and last storage element ``t`` can touch (None: symbolic, unknown)."""
+    numbers = [t.storage_offset(), *t.shape, *t.stride()]
+    if any(isinstance(n, torch.SymInt) for n in numbers):
+        return None
+    if t.numel() == 0:
+        return (0, -1)
+    start = t.storage_offset()
+    return start, start + sum((size - 1) * abs(stride)
+                              for size, stride in zip(t.shape, t.stride()))
+
+
+def _may_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """False only when the element ranges of ``a`` and ``b`` are disjoint."""
+    ea, eb = _extent(a), _extent(b)
+    if ea is None or eb is None:
+        return True
+    if a.element_size() != b.element_size():
+        ea = (ea[0] * a.element_size(), (ea[1] + 1) * a.element_size() - 1)
+        eb = (eb[0] * b.element_size(), (eb[1] + 1) * b.element_size() - 1)
+    return ea[0] <= eb[1] and eb[0] <= ea[1]
+
+
+def _compile_graphs(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any],
+                     fake_mode: Any, meta: AotMetadata, fw_compiler: Compiler,
+                     bw_compiler: Compiler | None, partition_fn: Callable[..., Any],
+                     decompositions: dict[Any, Any] | None,
+                     inference_compiler: Compiler | None) -> Callable[..., list[Any]]:
     # what needs a gradient is what the program's outputs say (grad mode may change inside)
     needs_autograd = any(
         out.is_tensor and out.requires_grad and not out.regenerated for out in meta.outputs

@@ -24,9 +24,11 @@ import torch
 import torch.fx
 import torch.fx.traceback as fx_traceback
 from torch._dispatch.python import enable_python_dispatcher
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from kiln.aot.errors import AotUnsupported
 from kiln.aot.functional import from_functional, functionalization, input_views, to_functional
 from kiln.aot.metadata import AotMetadata, intermediate_bases
 from kiln.aot.stack_traces import setup_stacktrace_preservation_hooks
@@ -116,6 +118,7 @@ def trace(fn: Callable[..., Any], args: Sequence[Any], fake_mode: Any,
             gm = make_fx(fn, decomposition_table=decompositions or {})(*args)
     finally:
         torch._C._set_grad_enabled(grad_mode)  # the function may change it
+    _refuse_fake_constants(gm)
     _drop_identity_views(gm.graph)
     _stack_traces_by_sequence_number(gm.graph)
     gm.graph._codegen = torch.fx.graph.CodeGen()  # flat signature, flat output list
@@ -124,6 +127,19 @@ def trace(fn: Callable[..., Any], args: Sequence[Any], fake_mode: Any,
     if num_fwd_outputs is not None:
         gm.meta["num_fwd_outputs"] = num_fwd_outputs
     return gm
+
+
+def _refuse_fake_constants(gm: torch.fx.GraphModule) -> None:
+    """A tensor the function made from nothing but fake values and kept as a constant (an
+    ``nn.Parameter`` created inside it) has no real value to run with."""
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and isinstance(getattr(gm, node.target, None),
+                                                FakeTensor):
+            raise AotUnsupported(
+                "the function makes a tensor that the trace keeps as a constant but only "
+                "knows as a fake value (an nn.Parameter created inside the function?): "
+                "create it outside and pass it in, or compile with kiln.compile, which "
+                "captures it")
 
 
 def _same_size(value: Any, size: Any) -> bool:
