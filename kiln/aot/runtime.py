@@ -182,8 +182,13 @@ def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable
         @staticmethod
         def backward(ctx: Any, *grads: Any) -> Any:
             tangents = [_contiguous(grads[p]) for p in tangent_positions]
-            saved = [*ctx.saved_tensors, *ctx.saved_symbols]
-            input_grads = call_compiled(compiled_bw, [*saved, *tangents])
+            bw_args = [*ctx.saved_tensors, *ctx.saved_symbols, *tangents]
+            del tangents, grads
+            # the backward graph frees each saved value after its last use, which only
+            # frees memory if nothing else holds it: not ctx (unless the graph is retained)
+            # and not this frame (the boxed call takes the one list)
+            ctx.maybe_clear_saved_tensors()
+            input_grads = call_compiled(compiled_bw, bw_args)
             if torch.is_grad_enabled() and any(isinstance(g, torch.Tensor)
                                                for g in input_grads):
                 input_grads = list(_NoDoubleBackward.apply(*input_grads))

@@ -236,3 +236,22 @@ def test_custom_autograd_function_is_one_node_traced_by_aot():
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(grads, expected_grads)
     assert counter.frame_count == 1
+
+
+def test_saved_tensors_released_after_backward_as_eager():
+    """The backward lets go of the saved values (each is freed after its last use in the
+    backward graph): a second backward without retain_graph fails as eager's does, and
+    with retain_graph it works."""
+    def fn(x):
+        return (x.sin() * x.cos()).sum()
+
+    compiled = aot_function(fn, nop)
+    x = torch.randn(4, requires_grad=True)
+    out = compiled(x)
+    out.backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        out.backward()
+    out = compiled(x)
+    out.backward(retain_graph=True)
+    out.backward()
+    torch.testing.assert_close(x.grad, 3 * torch.cos(2 * x))
