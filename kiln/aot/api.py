@@ -317,6 +317,7 @@ def aot_module_simplified(mod: nn.Module, args: Sequence[Any], fw_compiler: Comp
                           ignore_shape_env: bool = False) -> Callable[..., Any]:
     """What a backend calls: ``mod`` (a captured graph) compiled for example ``args`` (fake
     tensors from capture, or real ones). Returns ``forward(*args)`` with ``mod``'s outputs."""
+    _refuse_symbolic_recurrent_layers(mod, args)
     names, params = _lifted(mod)
     num_params = len(params)
     out_spec: list[Any] = []
@@ -353,6 +354,22 @@ def aot_module_simplified(mod: nn.Module, args: Sequence[Any], fw_compiler: Comp
     forward.named_parameters = mod.named_parameters  # type: ignore[attr-defined]
     forward.named_buffers = mod.named_buffers  # type: ignore[attr-defined]
     return forward
+
+
+RECURRENT_OPS = {torch.lstm, torch.gru, torch.rnn_tanh, torch.rnn_relu}
+
+
+def _refuse_symbolic_recurrent_layers(mod: nn.Module, args: Sequence[Any]) -> None:
+    """A recurrent layer traced to aten unrolls its sequence: with a symbolic length the
+    trace would specialize it (one graph per length). The captured graph keeps one
+    kernel call for every length, so the backend runs that instead."""
+    if not isinstance(mod, torch.fx.GraphModule) or not any(
+            n.op == "call_function" and n.target in RECURRENT_OPS for n in mod.graph.nodes):
+        return
+    if any(isinstance(a, torch.SymInt) or (isinstance(a, torch.Tensor) and any(
+            isinstance(s, torch.SymInt) for s in a.shape)) for a in args):
+        raise AotUnsupported("a recurrent layer (LSTM/GRU/RNN) with symbolic sizes: AOT "
+                             "would unroll it for one sequence length")
 
 
 def aot_export_joint_simple(func: Callable[..., Any], args: Sequence[Any], *,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._dispatch.python import enable_python_dispatcher
 
 from kiln.aot.functional import (
     from_functional,
@@ -113,7 +114,9 @@ def collect_metadata(fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any],
     wrapped = [to_functional(leaf) for leaf in leaves]
     histories = [type(w.grad_fn) if isinstance(w, torch.Tensor) else None for w in wrapped]
     try:
-        with fake_mode, functionalization():
+        # the python dispatcher, as in the trace: torch's Python kernels of composite ops
+        # (recurrent layers) handle symbolic sizes where their C++ kernels cannot
+        with fake_mode, enable_python_dispatcher(), functionalization():
             views = input_views(wrapped)
             outs = list(fn(*views))
             grad_after = torch.is_grad_enabled()

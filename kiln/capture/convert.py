@@ -137,7 +137,6 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
             body = [f"___result = {result}", *_replay(output, codegen), "return ___result"]
             structure = _export_structure(codegen, returned) if hooks.fullgraph else None
         _guard_mutated_objects_distinct(output)
-        guards.add_symbolic_guards(output.shape_env, output.symbol_sources)
     except (Unsupported, UserRaise, TorchRuntimeError) as e:
         error = _as_unsupported(e, tx)
         if hooks.fullgraph:
@@ -177,7 +176,8 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
                 raise
             log.error("kiln: %s; running %s eagerly (config.suppress_errors)", e,
                       code.co_qualname)
-            return _fallback(fn, sig, guards, f"backend failed: {e.inner_exception}", None)
+            return _fallback(fn, sig, guards, f"backend failed: {e.inner_exception}", None,
+                             output=output)
         graph_name = guards.ns.const(compiled, "graph")
         inputs = ", ".join(guards.ns.const(i.example, "p") if i.static else guards.expr(i.source)
                            for i in output.inputs)
@@ -190,6 +190,9 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
         gm = None
     if break_at is not None:
         _report_break(fn, break_at)
+    # after the backend, as torch: what it assumed about symbolic sizes (AOT's trace may
+    # specialize one) is guarded too
+    guards.add_symbolic_guards(output.shape_env, output.symbol_sources)
     guard_set = guards.build(list(sig.params))
     run = make_entry(sig.params, [*prologue, *body], guards.ns.values,
                      f"{compile_id} {code.co_qualname}")

@@ -119,3 +119,28 @@ def test_rendered_guards_evaluate_like_sympy():
         expected = bool(expr.xreplace({a: sympy.Integer(x), b: sympy.Integer(y)}))
         assert eval(render(expr, names), {"A": x, "B": y, "math": math}) == expected, (
             expr, render(expr, names), x, y)
+
+
+def test_backend_specializing_a_size_is_guarded():
+    """What the backend assumes about a symbolic size (here it reads it as an int, as an
+    AOT trace that unrolls a loop would) is guarded, as torch guards after the backend:
+    another size recompiles instead of running a graph made for the first."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        rows = int(example_inputs[0].shape[0])  # specializes the symbol
+        seen.append(rows)
+
+        def run(x):
+            assert x.shape[0] == rows, "graph specialized for another size"
+            return gm.forward(x)
+        return run
+
+    def fn(x):
+        return x * 2
+
+    compiled = kiln.compile(fn, backend=backend, dynamic=True)
+    for rows in (3, 5, 3):
+        x = torch.randn(rows, 2)
+        torch.testing.assert_close(compiled(x), x * 2)
+    assert seen == [3, 5]
