@@ -4,7 +4,8 @@ under a runtime that restores eager's mutation, aliasing and grad-mode behaviour
 
 The API follows torch's ``functorch.compile`` / ``torch._functorch.aot_autograd``:
 ``aot_function``, ``aot_module``, ``aot_module_simplified``, ``aot_export_joint_simple``,
-``nop``, ``make_boxed_func``. See docs/architecture.md ("AOT autograd") for the stages.
+``nop``, ``make_boxed_func``, ``default_partition``, ``min_cut_rematerialization_partition``.
+See docs/architecture.md ("AOT autograd") for the stages.
 """
 
 from kiln.aot.api import (
@@ -21,6 +22,7 @@ from kiln.aot.api import (
     nop,
 )
 from kiln.aot.partition import default_partition
+from kiln.aot.partition_mincut import min_cut_rematerialization_partition
 from kiln.aot.runtime import DOUBLE_BACKWARD_ERROR
 from kiln.aot.stack_traces import setup_stacktrace_preservation_hooks
 
@@ -37,6 +39,7 @@ __all__ = [
     "default_partition",
     "make_boxed_compiler",
     "make_boxed_func",
+    "min_cut_rematerialization_partition",
     "nop",
     "setup_stacktrace_preservation_hooks",
 ]
