@@ -345,10 +345,12 @@ def aot_module_simplified(mod: nn.Module, args: Sequence[Any], fw_compiler: Comp
                                bw_compiler=bw_compiler, partition_fn=partition_fn,
                                decompositions=decompositions,
                                inference_compiler=inference_compiler)
-    spec = out_spec[0]
+    unflatten = _unflattener(out_spec[0])
 
+    # the parameters as they are now, as torch's: a module whose parameters are replaced
+    # later is compiled again by capture's guards
     def forward(*runtime_args: Any) -> Any:
-        return pytree.tree_unflatten(run(*_lifted(mod)[1], *runtime_args), spec)
+        return unflatten(run(*params, *runtime_args))
 
     forward.zero_grad = mod.zero_grad  # type: ignore[attr-defined]
     forward.named_parameters = mod.named_parameters  # type: ignore[attr-defined]
@@ -370,6 +372,18 @@ def _refuse_symbolic_recurrent_layers(mod: nn.Module, args: Sequence[Any]) -> No
             isinstance(s, torch.SymInt) for s in a.shape)) for a in args):
         raise AotUnsupported("a recurrent layer (LSTM/GRU/RNN) with symbolic sizes: AOT "
                              "would unroll it for one sequence length")
+
+
+def _unflattener(spec: pytree.TreeSpec) -> Callable[[list[Any]], Any]:
+    """``tree_unflatten`` for ``spec``, without its cost for a flat tuple or list (what
+    captured graphs return)."""
+    if spec.type in (tuple, list) and all(child.is_leaf() for child in spec.children()):
+        return tuple if spec.type is tuple else list
+    return functools.partial(_unflatten, spec=spec)
+
+
+def _unflatten(flat: list[Any], spec: pytree.TreeSpec) -> Any:
+    return pytree.tree_unflatten(flat, spec)
 
 
 def aot_export_joint_simple(func: Callable[..., Any], args: Sequence[Any], *,

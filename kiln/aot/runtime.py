@@ -118,6 +118,15 @@ def make_inference_runtime(compiled: Callable[..., Any], meta: AotMetadata
     num_outputs = len(meta.outputs)
 
     num_mutated_end = num_outputs + len(meta.mutated_inputs)
+    if not meta.mutated_inputs and not any(o.regenerated for o in meta.outputs):
+        # nothing to put back around the graph (the common case): its outputs are the result
+        def run_plain(*args: Any) -> list[Any]:
+            outs = call_compiled(compiled, list(args))
+            _restore_grad_mode(meta)
+            return outs
+
+        run_plain._kiln_aot_meta = meta  # type: ignore[attr-defined]
+        return run_plain
 
     def run(*args: Any) -> list[Any]:
         outs = call_compiled(compiled, list(args))
@@ -158,9 +167,9 @@ def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable
     num_mutated_end = num_outputs + len(meta.mutated_inputs)
     num_fwd = meta.num_forward_outputs
     tangent_positions = differentiable_outputs(meta)
-
-    def needs_grad(position: int, value: Any) -> bool:
-        return isinstance(value, torch.Tensor) and position in tangent_positions
+    differentiable = set(tangent_positions)
+    regenerated = [j for j, info in enumerate(meta.outputs) if info.regenerated]
+    plain = not meta.mutated_inputs and not regenerated and num_fwd == num_outputs
 
     class CompiledFunction(torch.autograd.Function):
         @staticmethod
@@ -169,14 +178,13 @@ def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable
             saved = outs[num_fwd:]
             ctx.save_for_backward(*saved[:num_saved_tensors])
             ctx.saved_symbols = saved[num_saved_tensors:]
-            fwd = list(outs[:num_fwd])
-            for j, info in enumerate(meta.outputs):
-                if info.regenerated:
-                    carriers.values[j] = fwd[j]
-                    fwd[j] = None
+            fwd = outs[:num_fwd]
+            for j in regenerated:
+                carriers.values[j] = fwd[j]
+                fwd[j] = None
             ctx.mark_non_differentiable(*[v for p, v in enumerate(fwd)
-                                          if isinstance(v, torch.Tensor)
-                                          and not needs_grad(p, v)])
+                                          if p not in differentiable
+                                          and isinstance(v, torch.Tensor)])
             return tuple(fwd)
 
         @staticmethod
@@ -201,6 +209,9 @@ def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable
                 outs = list(CompiledFunction.apply(carriers, *args))
         else:
             outs = list(CompiledFunction.apply(carriers, *args))
+        if plain:  # nothing to put back around the graph (the common case)
+            _restore_grad_mode(meta)
+            return outs
         for j, carrier in carriers.values.items():
             outs[j] = carrier
         new_values = _mutate_inputs(meta, args, outs[num_outputs:num_mutated_end])
