@@ -21,13 +21,13 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
-from torch.multiprocessing.reductions import StorageWeakRef
 
 from kiln import config
 from kiln.aot.errors import AotUnsupported
 from kiln.aot.metadata import AotMetadata, collect_metadata
 from kiln.aot.partition import default_partition
 from kiln.aot.runtime import call_compiled, make_inference_runtime, make_training_runtime
+from kiln.aot.synthetic_base import SyntheticBases, groups_sharing_mutated
 from kiln.aot.trace import (
     differentiable_outputs,
     inference_function,
@@ -75,23 +75,18 @@ def boxed_nop(fx_g: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable
 # --- the pipeline ----------------------------------------------------------------------------
 
 def compile_flat(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any],
-                 fake_mode: Any, *, fw_compiler: Compiler, bw_compiler: Compiler | None = None,
-                 partition_fn: Callable[..., Any] = default_partition,
-                 decompositions: dict[Any, Any] | None = None,
-                 inference_compiler: Compiler | None = None) -> Callable[..., list[Any]]:
+                 fake_mode: Any, **options: Any) -> Callable[..., list[Any]]:
     """Compile ``flat_fn`` (flat inputs -> flat list of outputs) for inputs like
-    ``fake_args``; returns ``run(*flat_args) -> list``."""
+    ``fake_args``; returns ``run(*flat_args) -> list``. ``options``: the compilers,
+    ``partition_fn``, ``decompositions``."""
     meta = collect_metadata(flat_fn, fake_args, fake_mode)
     if meta.metadata_mutations:
         raise AotUnsupported("the function changes the metadata (shape, strides) of inputs "
                              f"{meta.metadata_mutations} in place")
-    shared = _sharing_mutated_inputs(fake_args, meta.mutated_inputs)
-    if shared:
-        raise AotUnsupported(f"inputs {shared} share memory and the function mutates "
-                             "some of them (one base for them, torch's 'synthetic base', is "
-                             "not implemented)")
-    run = _compile_graphs(flat_fn, fake_args, fake_mode, meta, fw_compiler, bw_compiler,
-                           partition_fn, decompositions, inference_compiler)
+    groups = groups_sharing_mutated(fake_args, meta.mutated_inputs, _may_overlap)
+    if groups:
+        return _compile_with_synthetic_bases(flat_fn, fake_args, fake_mode, groups, options)
+    run = _compile_graphs(flat_fn, fake_args, fake_mode, meta, **options)
     if not meta.mutated_inputs:
         return run
     mutated = meta.mutated_inputs
@@ -100,7 +95,7 @@ def compile_flat(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any]
         # compiled for inputs that share no memory: called with views of one another, a
         # mutation through one must show through the others, which only eager gives
         if any(isinstance(a, torch.Tensor) and a._base is not None for a in args) and \
-                _sharing_mutated_inputs(args, mutated):
+                groups_sharing_mutated(args, mutated, _may_overlap):
             return list(flat_fn(*args))
         return run(*args)
 
@@ -108,19 +103,24 @@ def compile_flat(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any]
     return run_unless_aliased
 
 
-def _sharing_mutated_inputs(args: Sequence[Any], mutated: Sequence[int]) -> list[int]:
-    """Indices of distinct tensor inputs whose memory may overlap a mutated input's."""
-    if not mutated:
-        return []
-    storages = {i: StorageWeakRef(a.untyped_storage()) for i, a in enumerate(args)
-                if isinstance(a, torch.Tensor)}
-    found: set[int] = set()
-    for m in mutated:
-        for i, storage in storages.items():
-            if i != m and storage == storages[m] and args[i] is not args[m] and \
-                    _may_overlap(args[i], args[m]):
-                found |= {i, m}
-    return sorted(found)
+def _compile_with_synthetic_bases(flat_fn: Callable[..., Sequence[Any]],
+                                  fake_args: Sequence[Any], fake_mode: Any,
+                                  groups: list[list[int]], options: dict[str, Any]
+                                  ) -> Callable[..., list[Any]]:
+    """Inputs sharing memory with a mutated one passed as their common base
+    (synthetic_base.py); calls with another aliasing structure run eagerly."""
+    bases = SyntheticBases(fake_args, groups)
+    base_args = bases.select(fake_args)
+    assert base_args is not None
+    run = compile_flat(bases.wrap_fn(flat_fn), base_args, fake_mode, **options)
+
+    def run_with_bases(*args: Any) -> list[Any]:
+        selected = bases.select(args)
+        if selected is None:
+            return list(flat_fn(*args))
+        return run(*selected)
+
+    return run_with_bases
 
 
 def _extent(t: torch.Tensor) -> tuple[int, int] | None:
@@ -147,10 +147,11 @@ def _may_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _compile_graphs(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any],
-                     fake_mode: Any, meta: AotMetadata, fw_compiler: Compiler,
-                     bw_compiler: Compiler | None, partition_fn: Callable[..., Any],
-                     decompositions: dict[Any, Any] | None,
-                     inference_compiler: Compiler | None) -> Callable[..., list[Any]]:
+                    fake_mode: Any, meta: AotMetadata, *, fw_compiler: Compiler,
+                    bw_compiler: Compiler | None = None,
+                    partition_fn: Callable[..., Any] = default_partition,
+                    decompositions: dict[Any, Any] | None = None,
+                    inference_compiler: Compiler | None = None) -> Callable[..., list[Any]]:
     # what needs a gradient is what the program's outputs say (grad mode may change inside)
     needs_autograd = any(
         out.is_tensor and out.requires_grad and not out.regenerated for out in meta.outputs

@@ -277,9 +277,6 @@ FREED = ("call 2 backprops into call 1's CompiledFunction (the input mutated by 
 
 ERROR_EARLY = ("eager raises the saved-tensor version error in backward; kiln raises it in the "
                "call (the joint graph runs autograd at trace time; torch.compile does too)")
-OVERLAP = ("inputs that share memory, one of them mutated: aot_function raises AotUnsupported "
-           "(torch.compile handles it with a synthetic base; kiln's backend runs the "
-           "captured graph)")
 METADATA = ("x.t_() on an input: aot_function raises AotUnsupported (a documented limit; the "
             "backend falls back to the captured graph, which is right)")
 
@@ -335,7 +332,7 @@ CASES = [
     case(mutation_used_after, lambda g: (g.randn(3), g.randn(3, rg=True))),
     case(saved_then_mutated, lambda g: (g.randn(3), g.randn(3, rg=True)), raises=RuntimeError,
          xfail=ERROR_EARLY, xfail_aot=ERROR_EARLY),
-    case(overlapping_input_views, _overlapping, fallback=True, xfail_aot=OVERLAP),
+    case(overlapping_input_views, _overlapping),
     case(disjoint_input_views, _disjoint),
     case(data_attribute_mutation, lambda g: (g.randn(3, rg=True), g.randn(3))),
     case(mutation_through_detach, lambda g: (g.randn(3, rg=True), g.randn(3))),
@@ -344,8 +341,7 @@ CASES = [
     case(int_scatter_count, lambda g: (g.randint(3, 4), torch.tensor([0, 2]), g.randn(4))),
     case(mutate_return_input_and_views, lambda g: (g.randn(2, 3),)),
     case(sgd_step_returns_view, lambda g: (g.randn(2, 2, rg=True), g.randn(2, 2))),
-    case(base_and_its_view, lambda g: (lambda b: (b, b[0]))(g.randn(2, 3)), fallback=True,
-         xfail_aot=OVERLAP),
+    case(base_and_its_view, lambda g: (lambda b: (b, b[0]))(g.randn(2, 3))),
     case(dup_param_nograd_update, lambda g: (lambda p: (p, p, g.randn(3)))(g.randn(3, rg=True))),
     case(metadata_mutation, lambda g: (g.randn(2, 3),), fallback=True, xfail_aot=METADATA),
     case(add_inplace, lambda g: (g.randn(3, 4), g.randn(3, 4, rg=True)), grad=False,
