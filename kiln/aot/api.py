@@ -80,9 +80,11 @@ def compile_flat(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any]
     ``fake_args``; returns ``run(*flat_args) -> list``. ``options``: the compilers,
     ``partition_fn``, ``decompositions``."""
     meta = collect_metadata(flat_fn, fake_args, fake_mode)
-    if meta.metadata_mutations:
-        raise AotUnsupported("the function changes the metadata (shape, strides) of inputs "
-                             f"{meta.metadata_mutations} in place")
+    both = [i for i in meta.metadata_mutations
+            if meta.inputs[i].mutates_data and meta.inputs[i].requires_grad]
+    if both:
+        raise AotUnsupported(f"the function changes the shape or strides of inputs {both} "
+                             "in place and also their values, which need gradients")
     groups = groups_sharing_mutated(fake_args, meta.mutated_inputs, _may_overlap)
     if groups:
         return _compile_with_synthetic_bases(flat_fn, fake_args, fake_mode, groups, options)

@@ -87,8 +87,10 @@ class AotMetadata:
     @property
     def num_forward_outputs(self) -> int:
         """How many values the forward returns before what it saves: outputs, mutated
-        inputs' new values, intermediate bases."""
-        return len(self.outputs) + len(self.mutated_inputs) + len(self.intermediate_bases)
+        inputs' new values, intermediate bases, the new views of inputs whose metadata
+        (shape, strides) the function changed (``x.t_()``), for their geometry."""
+        return len(self.outputs) + len(self.mutated_inputs) + len(self.intermediate_bases) + \
+            len(self.metadata_mutations)
 
     @property
     def metadata_mutations(self) -> list[int]:

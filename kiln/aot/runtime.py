@@ -99,8 +99,12 @@ def finish_outputs(meta: AotMetadata, args: Sequence[Any], graph_outs: Sequence[
     return final
 
 
-def _mutate_inputs(meta: AotMetadata, args: Sequence[Any], new_values: Sequence[Any]
-                   ) -> dict[int, Any]:
+def _mutate_inputs(meta: AotMetadata, args: Sequence[Any], new_values: Sequence[Any],
+                   new_views: Sequence[Any] = ()) -> dict[int, Any]:
+    """Inputs get their new shape and strides (``as_strided_`` to the geometry of the view
+    the graph returned), then their new values (``copy_``)."""
+    for i, view in zip(meta.metadata_mutations, new_views):
+        args[i].as_strided_(view.size(), view.stride(), view.storage_offset())
     by_input = dict(zip(meta.mutated_inputs, new_values))
     for i, value in by_input.items():
         apply_mutation(args[i], value, meta.inputs[i])
@@ -118,7 +122,9 @@ def make_inference_runtime(compiled: Callable[..., Any], meta: AotMetadata
     num_outputs = len(meta.outputs)
 
     num_mutated_end = num_outputs + len(meta.mutated_inputs)
-    if not meta.mutated_inputs and not any(o.regenerated for o in meta.outputs):
+    num_views_start = meta.num_forward_outputs - len(meta.metadata_mutations)
+    if not meta.mutated_inputs and not meta.metadata_mutations and \
+            not any(o.regenerated for o in meta.outputs):
         # nothing to put back around the graph (the common case): its outputs are the result
         def run_plain(*args: Any) -> list[Any]:
             outs = call_compiled(compiled, list(args))
@@ -130,7 +136,8 @@ def make_inference_runtime(compiled: Callable[..., Any], meta: AotMetadata
 
     def run(*args: Any) -> list[Any]:
         outs = call_compiled(compiled, list(args))
-        new_values = _mutate_inputs(meta, args, outs[num_outputs:num_mutated_end])
+        new_values = _mutate_inputs(meta, args, outs[num_outputs:num_mutated_end],
+                                    outs[num_views_start:meta.num_forward_outputs])
         result = finish_outputs(meta, args, outs[:num_outputs], new_values)
         _restore_grad_mode(meta)
         return result
@@ -168,8 +175,12 @@ def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable
     num_fwd = meta.num_forward_outputs
     tangent_positions = differentiable_outputs(meta)
     differentiable = set(tangent_positions)
-    regenerated = [j for j, info in enumerate(meta.outputs) if info.regenerated]
-    plain = not meta.mutated_inputs and not regenerated and num_fwd == num_outputs
+    num_views_start = num_fwd - len(meta.metadata_mutations)
+    # graph outputs the runtime takes past the autograd.Function: outputs it rebuilds as
+    # aliases, and the views giving inputs their new geometry
+    carried = [j for j, info in enumerate(meta.outputs) if info.regenerated] + \
+        list(range(num_views_start, num_fwd))
+    plain = not meta.mutated_inputs and not carried and num_fwd == num_outputs
 
     class CompiledFunction(torch.autograd.Function):
         @staticmethod
@@ -179,7 +190,7 @@ def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable
             ctx.save_for_backward(*saved[:num_saved_tensors])
             ctx.saved_symbols = saved[num_saved_tensors:]
             fwd = outs[:num_fwd]
-            for j in regenerated:
+            for j in carried:
                 carriers.values[j] = fwd[j]
                 fwd[j] = None
             ctx.mark_non_differentiable(*[v for p, v in enumerate(fwd)
@@ -214,9 +225,10 @@ def make_training_runtime(compiled_fw: Callable[..., Any], compiled_bw: Callable
             return outs
         for j, carrier in carriers.values.items():
             outs[j] = carrier
-        new_values = _mutate_inputs(meta, args, outs[num_outputs:num_mutated_end])
+        new_values = _mutate_inputs(meta, args, outs[num_outputs:num_mutated_end],
+                                    outs[num_views_start:num_fwd])
         result = finish_outputs(meta, args, outs[:num_outputs], new_values,
-                                outs[num_mutated_end:num_fwd])
+                                outs[num_mutated_end:num_views_start])
         _restore_grad_mode(meta)
         return result
 

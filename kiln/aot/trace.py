@@ -4,7 +4,8 @@ forward-backward graph the partitioner splits.
 Both are ``make_fx`` traces of a wrapper around the user's function that runs it under
 functionalization (functional.py) on views of its inputs. The wrapper's outputs are, in
 order: every output of the function, then the new value of every input whose data it
-mutates, then the intermediate bases (tensors made inside whose views are outputs). The
+mutates, then the intermediate bases (tensors made inside whose views are outputs), then the
+inputs whose shape or strides it changed in place, as the views they became. The
 joint wrapper then asks autograd for the gradients of the differentiable ones
 (``torch.autograd.grad`` with one tangent input per differentiable output) with respect to
 the inputs that require grad, and returns them after the forward outputs, one per input
@@ -57,7 +58,8 @@ def fresh_inputs(meta: AotMetadata) -> set[int]:
 def _forward_outputs(fn: Callable[..., Sequence[Any]], meta: AotMetadata,
                      views: list[Any]) -> list[Any]:
     outs = list(fn(*views))
-    return outs + [views[i] for i in meta.mutated_inputs] + intermediate_bases(outs, meta)
+    return outs + [views[i] for i in meta.mutated_inputs] + intermediate_bases(outs, meta) + \
+        [views[i] for i in meta.metadata_mutations]
 
 
 def inference_function(fn: Callable[..., Sequence[Any]], meta: AotMetadata

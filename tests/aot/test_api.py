@@ -200,18 +200,48 @@ def test_aot_eager_with_dynamic_shapes():
 
 def test_unsupported_graphs_run_without_aot():
     def f(x):
-        x.t_()  # an in-place metadata change of an input
+        x.unsqueeze_(0)  # shape and values of an input that needs gradients change in place
+        with torch.no_grad():
+            x.mul_(2)
         return x + 1
 
-    with pytest.raises(kiln.aot.AotUnsupported, match="metadata"):
-        aot_function(f, nop)(torch.randn(2, 3))
-    x, expected_x = torch.randn(2, 3), None
-    expected_x = x.clone()
+    def make():
+        leaf = torch.randn(2, 3, requires_grad=True)
+        return leaf, leaf * 1
+
+    with pytest.raises(kiln.aot.AotUnsupported, match="shape or strides"):
+        aot_function(f, nop)(make()[1])
+    (leaf, x), (ref_leaf, expected_x) = make(), make()
+    with torch.no_grad():
+        ref_leaf.copy_(leaf)
+    expected_x = ref_leaf * 1
     with unittest.TestCase().assertLogs("kiln", "WARNING") as logs:
         out = kiln.compile(f, backend="aot_eager")(x)
     torch.testing.assert_close(out, f(expected_x))
-    assert x.shape == expected_x.shape == (3, 2)
+    torch.testing.assert_close(x, expected_x)
+    assert x.shape == (1, 2, 3)
     assert "without AOT autograd" in logs.output[0]
+    assert kiln.counters["aot_autograd"]["not_ok"] == 1
+
+
+def test_metadata_mutation_of_an_input():
+    """x.t_() inside: the input takes the new geometry after the call (as_strided_), with
+    and without autograd, as eager leaves it."""
+    def f(x):
+        x.t_()
+        return x + 1
+
+    for requires_grad in (False, True):
+        leaf = torch.randn(2, 3, requires_grad=requires_grad)
+        x, ref_x = leaf * 1, leaf.detach() * 1
+        compiled = aot_function(f, nop)
+        out = compiled(x)
+        expected = f(ref_x)
+        torch.testing.assert_close(out, expected)
+        assert x.shape == ref_x.shape == (3, 2) and x.stride() == ref_x.stride()
+        if requires_grad:
+            out.sum().backward()
+            torch.testing.assert_close(leaf.grad, torch.ones(2, 3))
 
 
 def test_custom_autograd_function_is_one_node_traced_by_aot():

@@ -266,6 +266,13 @@ def dup_param_nograd_update(a, b, x):
     return b * x
 
 
+def metadata_and_data_mutation(x):
+    x.unsqueeze_(0)
+    with torch.no_grad():
+        x.mul_(2)
+    return x + 1
+
+
 def metadata_mutation(x):
     x.t_()
     return x + 1
@@ -277,8 +284,9 @@ FREED = ("call 2 backprops into call 1's CompiledFunction (the input mutated by 
 
 ERROR_EARLY = ("eager raises the saved-tensor version error in backward; kiln raises it in the "
                "call (the joint graph runs autograd at trace time; torch.compile does too)")
-METADATA = ("x.t_() on an input: aot_function raises AotUnsupported (a documented limit; the "
-            "backend falls back to the captured graph, which is right)")
+METADATA = ("x.unsqueeze_(0); x.mul_(2) on an input that requires grad: aot_function raises "
+            "AotUnsupported (shape and value both change, with gradients; the backend runs "
+            "the captured graph)")
 
 
 def _overlapping(g):
@@ -343,7 +351,12 @@ CASES = [
     case(sgd_step_returns_view, lambda g: (g.randn(2, 2, rg=True), g.randn(2, 2))),
     case(base_and_its_view, lambda g: (lambda b: (b, b[0]))(g.randn(2, 3))),
     case(dup_param_nograd_update, lambda g: (lambda p: (p, p, g.randn(3)))(g.randn(3, rg=True))),
-    case(metadata_mutation, lambda g: (g.randn(2, 3),), fallback=True, xfail_aot=METADATA),
+    case(metadata_mutation, lambda g: (g.randn(2, 3),)),
+    case(metadata_mutation, lambda g: _nonleaf(g.randn(2, 3, rg=True)),
+         id="metadata_mutation_grad"),
+    case(metadata_and_data_mutation, lambda g: (g.randn(2, 3),)),
+    case(metadata_and_data_mutation, lambda g: _nonleaf(g.randn(2, 3, rg=True)),
+         id="metadata_and_data_mutation_grad", fallback=True, xfail_aot=METADATA),
     case(add_inplace, lambda g: (g.randn(3, 4), g.randn(3, 4, rg=True)), grad=False,
          id="add_inplace_called_under_no_grad"),
     case(sgd_step, lambda g: (g.randn(3, rg=True), g.randn(3), g.randn(3)), grad=False,
