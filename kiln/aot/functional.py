@@ -1,16 +1,18 @@
 """Running a function under functionalization: mutations and views become pure operations.
 
-Functionalization (PyTorch's ``Functionalize`` dispatch key, driven through
-``torch._to_functional_tensor`` and friends) wraps each tensor so that an in-place operation
-on it, or on a view of it, is recorded as a new value instead of a write. After the run each
-wrapper can say whether its tensor was mutated (data or metadata), and whether every mutation
-happened under ``no_grad``; unwrapping gives the tensor's final value as an out-of-place
-computation. Traced by ``make_fx``, the result is a graph with no mutation in it.
+Functionalization (PyTorch's ``Functionalize`` dispatch key, driven from Python by
+``FunctionalTensorMode`` with ``FunctionalTensor`` wrappers, as torch's AOT autograd drives
+it) wraps each tensor so that an in-place operation on it, or on a view of it, is recorded
+as a new value instead of a write. After the run each wrapper can say whether its tensor was
+mutated (data or metadata), and whether every mutation happened under ``no_grad``;
+unwrapping gives the tensor's final value as an out-of-place computation. Traced by
+``make_fx``, the result is a graph with no mutation in it, with the same nodes torch's
+would have (down to the ``detach`` autograd makes when it saves an output).
 
-Views are kept (``reapply_views=True``): a view op stays a view op in the graph, so an output
-that is a view of an input is a real view of it when the graph runs eagerly, and the inner
-tensors share storage exactly where the program's tensors would (metadata.py reads aliasing
-off them).
+Views are kept: a view op stays a view op in the graph, so an output that is a view of an
+input is a real view of it when the graph runs eagerly, and the inner tensors share storage
+exactly where the program's tensors would (metadata.py reads aliasing off them). Wrappers
+are made inside :func:`functionalization`, whose mode they belong to.
 """
 
 from __future__ import annotations
@@ -21,28 +23,35 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 
 
 def to_functional(value: Any) -> Any:
-    """``value`` wrapped for functionalization (with its requires_grad); non-tensors as is."""
+    """``value`` wrapped for functionalization (with its requires_grad); non-tensors as is.
+    Called inside :func:`functionalization`."""
     if not isinstance(value, torch.Tensor):
         return value
-    wrapped = torch._to_functional_tensor(value)
-    torch._mirror_autograd_meta_to(value, wrapped)
+    wrapped = FunctionalTensor.to_functional(value)
     fake_mode = getattr(value, "fake_mode", None)
     if fake_mode is not None and not getattr(fake_mode, "_allow_unsafe_data_ptr_access", True):
-        torch._C._set_throw_on_mutable_data_ptr(wrapped)  # as the fake it wraps
+        torch._C._set_throw_on_mutable_data_ptr(wrapped.elem)  # as the fake it wraps
     return wrapped
+
+
+def _inner(value: Any) -> Any:
+    """The C++ functional wrapper inside a FunctionalTensor."""
+    return value.elem if isinstance(value, FunctionalTensor) else value
 
 
 def from_functional(value: Any) -> Any:
     """The current value inside a functional wrapper, with pending updates applied."""
-    if not isinstance(value, torch.Tensor) or not torch._is_functional_tensor(value):
+    if not isinstance(value, FunctionalTensor):
         return value
-    torch._sync(value)
-    return torch._from_functional_tensor(value)
+    inner = value.elem
+    torch._sync(inner)
+    return torch._from_functional_tensor(inner)
 
 
 def _batch_norm(x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any,
@@ -84,12 +93,8 @@ class _Rerouted(TorchFunctionMode):
 @contextlib.contextmanager
 def functionalization() -> Iterator[None]:
     """Functionalize the operations run inside (on functional wrappers)."""
-    torch._enable_functionalization(reapply_views=True)
-    try:
-        with _Rerouted():
-            yield
-    finally:
-        torch._disable_functionalization()
+    with FunctionalTensorMode(), _Rerouted():
+        yield
 
 
 def input_views(wrapped: list[Any], fresh: set[int] | frozenset[int] = frozenset()
@@ -112,6 +117,7 @@ def mutation_state(wrapped: Any, view: Any) -> tuple[bool, bool, bool]:
     autograd) of a wrapped input the program ran on through ``view``. Both are asked: some
     mutations (batch norm's running statistics) are recorded on the view only, and a change
     of shape or strides (``x.t_()``) can only show on the view."""
+    wrapped, view = _inner(wrapped), _inner(view)
     torch._sync(wrapped)
     torch._sync(view)
     data = torch._functionalize_has_data_mutation(wrapped) or \

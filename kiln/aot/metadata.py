@@ -113,12 +113,13 @@ def collect_metadata(fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any],
     grad_before = torch.is_grad_enabled()
     with fake_mode:
         leaves = [fresh_fake(a) for a in fake_args]
-    wrapped = [to_functional(leaf) for leaf in leaves]
-    histories = [type(w.grad_fn) if isinstance(w, torch.Tensor) else None for w in wrapped]
     try:
         # the python dispatcher, as in the trace: torch's Python kernels of composite ops
         # (recurrent layers) handle symbolic sizes where their C++ kernels cannot
         with fake_mode, enable_python_dispatcher(), functionalization():
+            wrapped = [to_functional(leaf) for leaf in leaves]
+            histories = [type(w.grad_fn) if isinstance(w, torch.Tensor) else None
+                         for w in wrapped]
             views = input_views(wrapped)
             outs = list(fn(*views))
             grad_after = torch.is_grad_enabled()

@@ -137,11 +137,14 @@ def tensor_bytes(value: torch.Tensor) -> int:
 
 
 def mutated_primals(joint: torch.fx.GraphModule, joint_inputs: Any) -> set[torch.fx.Node]:
-    """Primals whose example inputs were mutated while tracing (their version counter moved):
-    inputs the program updates in place."""
+    """Primals of inputs the program updates in place: ``joint.meta["mutated_inputs"]`` (set
+    by kiln's trace), else those whose example inputs' version counter moved while
+    tracing."""
+    primals = [n for n in joint.graph.nodes if is_primal(n)]
+    if "mutated_inputs" in joint.meta:
+        return {primals[i] for i in joint.meta["mutated_inputs"] if i < len(primals)}
     if not joint_inputs or not isinstance(joint_inputs[0], Sequence):
         return set()
-    primals = [n for n in joint.graph.nodes if is_primal(n)]
     return {node for node, example in zip(primals, joint_inputs[0])
             if isinstance(example, torch.Tensor) and example._version > 0}
 

@@ -65,8 +65,8 @@ def _forward_outputs(fn: Callable[..., Sequence[Any]], meta: AotMetadata,
 def inference_function(fn: Callable[..., Sequence[Any]], meta: AotMetadata
                        ) -> Callable[[list[Any]], list[Any]]:
     def forward(primals: list[Any]) -> list[Any]:
-        wrapped = [to_functional(p) for p in primals]
         with functionalization():
+            wrapped = [to_functional(p) for p in primals]
             outs = _forward_outputs(fn, meta, input_views(wrapped, fresh_inputs(meta)))
         return [from_functional(o) for o in outs]
 
@@ -80,11 +80,11 @@ def joint_function(fn: Callable[..., Sequence[Any]], meta: AotMetadata,
     positions = differentiable_outputs(meta)
 
     def joint(primals: list[Any], tangents: list[Any]) -> list[Any]:
-        wrapped = [to_functional(p) for p in primals]
-        wrapped_tangents: list[Any] = [to_functional(t) for t in tangents]
-        if no_tangents:
-            wrapped_tangents = [None] * len(positions)
         with functionalization():
+            wrapped = [to_functional(p) for p in primals]
+            wrapped_tangents: list[Any] = [to_functional(t) for t in tangents]
+            if no_tangents:
+                wrapped_tangents = [None] * len(positions)
             outs = _forward_outputs(fn, meta, input_views(wrapped, fresh_inputs(meta)))
             wanted = [k for k, w in enumerate(wrapped)
                       if isinstance(w, torch.Tensor) and w.requires_grad]

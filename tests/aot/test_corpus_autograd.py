@@ -347,6 +347,8 @@ LEAF_INSIDE = ("a leaf made inside (torch.ones(3).requires_grad_()) comes back a
                "CompiledFunction output: not a leaf, its .grad stays None")
 RG_INPUT = ("x.requires_grad_() on an input is not applied to the caller's tensor: it stays "
             "requires_grad=False and gets no .grad")
+PARAM = ("an nn.Parameter made inside and returned comes back from aot_function as a "
+         "CompiledFunction output with a grad_fn, not a leaf (values and x.grad are right)")
 RETAIN = ("y.retain_grad() inside is lost: y comes back from the CompiledFunction without "
           "retains_grad, so y.grad stays None")
 
@@ -364,8 +366,7 @@ CASES = [
          xfail_aot=LEAF_INSIDE),
     case(requires_grad_on_input, lambda g: (g.randn(3), g.randn(3, rg=True)),
          xfail_aot=RG_INPUT),
-    # aot_function alone refuses it: test_parameter_made_inside_aot_function_refuses
-    case(parameter_made_inside, lambda g: (g.randn(3, rg=True),), aot=False),
+    case(parameter_made_inside, lambda g: (g.randn(3, rg=True),), xfail_aot=PARAM),
     case(retain_grad_inside, lambda g: (g.randn(3, rg=True),), xfail_aot=RETAIN),
     case(autograd_grad_on_detached, lambda g: (g.randn(3, rg=True),)),
     case(autograd_grad_on_input, lambda g: (g.randn(3, rg=True),)),
@@ -441,12 +442,3 @@ def test_duplicate_pattern_changes_between_calls(first_dup):
         (ga,) = torch.autograd.grad(actual.sum(), a)
         torch.testing.assert_close(ga, ge)
 
-
-def test_parameter_made_inside_aot_function_refuses():
-    """Traced by aot_function alone, nn.Parameter(torch.full(...)) is a constant known only
-    as a fake value: a clear AotUnsupported, never FakeTensors handed back (kiln.compile
-    captures it and runs it, test_compile[parameter_made_inside])."""
-    from kiln.aot import AotUnsupported, aot_function, nop
-
-    with pytest.raises(AotUnsupported, match="nn.Parameter created inside"):
-        aot_function(parameter_made_inside, nop)(torch.randn(3, requires_grad=True))
