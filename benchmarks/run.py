@@ -23,6 +23,10 @@ Benchmarks (``--only NAME``, repeatable):
   with ``backend="aot_eager"`` (target: kiln <= 1.2x eager), and the memory saved for the
   backward and the peak memory of a step with kiln's min-cut partitioner
   (benchmarks/training.py; target: peak <= eager's).
+* ``kernels``   -- issue 6's microbenchmarks (bias+GELU, LayerNorm, RMSNorm, softmax, SiLU x
+  mul, a residual chain, sum/mean/var over either dimension), forward and backward, kiln
+  (default backend) against ``torch.compile(backend="inductor")``, and the share of the
+  machine's copy bandwidth kiln reaches (benchmarks/kernels.py). Not in the default set.
 
 Prints a table and writes every figure, with the min and the median over rounds and the
 machine's description, to ``benchmarks/results/<name>-<date>.csv`` (``--name`` defaults to
@@ -51,7 +55,7 @@ from typing import Any
 import torch
 
 import kiln
-from benchmarks import models, training
+from benchmarks import kernels, models, training
 from benchmarks.timing import (
     EAGER,
     KILN,
@@ -308,7 +312,9 @@ BENCHMARKS: dict[str, Callable[[Settings], list[Row]]] = {
     "graph_break": bench_graph_break,
     "dynamic": bench_dynamic,
     "train": training.bench_train,
+    "kernels": kernels.bench_kernels,
 }
+OPT_IN = {"kernels"}  # run only when named with --only (minutes of inductor compiles)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -408,11 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         settings.rounds = args.rounds
     settings.stat = args.stat
-    names = args.only or list(BENCHMARKS)
+    names = args.only or [name for name in BENCHMARKS if name not in OPT_IN]
     date = datetime.date.today().isoformat()
 
-    print("kiln benchmarks: eager vs torch.compile(backend='eager') vs "
-          "kiln.compile(backend='eager')")
+    print("kiln benchmarks: eager vs torch.compile vs kiln.compile (backend 'eager' for "
+          "both unless the case says: train uses aot_eager, kernels inductor/kiln)")
     print(describe_machine())
     print(f"  {'date':<15} {date}")
     print(f"  {'rounds':<15} {settings.rounds} per-call, {settings.capture_rounds} capture"

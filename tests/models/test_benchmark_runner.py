@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import math
 
+import pytest
 import torch
 
-from benchmarks import run, timing
+import kiln
+from benchmarks import kernels, run, timing
 
 
 def test_per_call_interleaves_and_counts_rounds() -> None:
@@ -57,3 +59,17 @@ def test_run_overhead_writes_csv(tmp_path, capsys) -> None:
     assert all(float(row[k]) > 0 for k in times)
     assert math.isfinite(float(row["value"])) and row["target"] == "0.5"
     assert row["met"] in ("yes", "NO")
+
+
+@pytest.mark.parametrize("case", kernels.CASES, ids=lambda c: c.name)
+def test_kernel_cases_equal_eager_through_kiln(case) -> None:
+    """The kernels benchmark's cases, small, through kiln's default backend: outputs and
+    gradients as eager's (issue 6's code generator is measured on these)."""
+    args = case.inputs(scale=64, requires_grad=case.backward)
+    compiled = kiln.compile(case.fn)
+    expected, actual = case.fn(*args), compiled(*args)
+    torch.testing.assert_close(actual, expected)
+    if case.backward:
+        tangent = torch.randn(expected.shape)
+        torch.testing.assert_close(torch.autograd.grad(actual, args, tangent),
+                                   torch.autograd.grad(expected, args, tangent))
