@@ -125,6 +125,20 @@ max_traced_instructions = _entry(
     "max_traced_instructions", 2_000_000,
     "Instructions one frame compile may interpret (unrolled loops count each iteration).")
 
+# --- code generation: compiling kernels (torch._inductor.config) ---------------------------
+compile_threads = _entry(
+    "compile_threads",
+    min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else
+        os.cpu_count() or 1),
+    "Worker processes that compile generated kernels in parallel (the CPUs this process may "
+    "run on, at most 32, as torch's inductor). 1 compiles in the calling process, one kernel "
+    "at a time.")
+worker_start_method = _entry(
+    "worker_start_method", "fork",
+    "How compile workers start: 'fork' (fast to start, copies this process) or 'spawn' (a "
+    "fresh interpreter each; safe where forking this process is not, e.g. with threads "
+    "holding locks).")
+
 
 def patch(arg1: str | dict[str, Any] | None = None, arg2: Any = None, **kwargs: Any) -> ConfigPatch:
     """Temporarily change entries: ``patch("name", v)``, ``patch({"name": v})`` or
