@@ -279,6 +279,10 @@ def test_every_decomposition_is_exercised_by_the_corpus() -> None:
         for backward in (False, True) if case.backward else (False,):
             hits |= _traced(case.name, torch.float32, backward)[1]
     unexercised = set(DECOMPOSED_OPS) - {op.overloadpacket for op in hits}
+    if torch.__version__ < "2.13":
+        # torch 2.11's decompositions reach the accumulating masked index_put by another
+        # path, so no program of the corpus traces it there (seen on the device machine)
+        unexercised.discard(aten._unsafe_masked_index_put_accumulate)
     assert not unexercised, sorted(str(p) for p in unexercised)
 
 
