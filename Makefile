@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-aot-everywhere lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m ruff check kiln tests benchmarks examples
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the capture corpora, seeds and models with every counted graph run through AOT autograd
+test-aot-everywhere: $(VENV)/.installed
+	$(PY) -m pytest -q tests/capture tests/seeds tests/models -p tests.plugins.aot_everywhere
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check kiln tests benchmarks examples

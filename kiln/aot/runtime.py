@@ -123,19 +123,29 @@ def make_inference_runtime(compiled: Callable[..., Any], meta: AotMetadata
 
     num_mutated_end = num_outputs + len(meta.mutated_inputs)
     num_views_start = meta.num_forward_outputs - len(meta.metadata_mutations)
+    def call_without_grad(args: tuple[Any, ...]) -> list[Any]:
+        # no output needs a gradient (that is why this graph has no backward): run it
+        # without recording, as torch does, or outputs of inputs that require grad would
+        # claim to require it too
+        torch._C._set_grad_enabled(False)
+        try:
+            return call_compiled(compiled, list(args))
+        finally:
+            torch._C._set_grad_enabled(meta.grad_enabled_after)
+
     if not meta.mutated_inputs and not meta.metadata_mutations and \
             not any(o.regenerated for o in meta.outputs):
         # nothing to put back around the graph (the common case): its outputs are the result
         def run_plain(*args: Any) -> list[Any]:
-            outs = call_compiled(compiled, list(args))
-            _restore_grad_mode(meta)
-            return outs
+            return call_without_grad(args)
 
         run_plain._kiln_aot_meta = meta  # type: ignore[attr-defined]
         return run_plain
 
     def run(*args: Any) -> list[Any]:
-        outs = call_compiled(compiled, list(args))
+        grad_enabled = torch.is_grad_enabled()
+        outs = call_without_grad(args)
+        torch._C._set_grad_enabled(grad_enabled)  # mutations are applied as the call saw it
         new_values = _mutate_inputs(meta, args, outs[num_outputs:num_mutated_end],
                                     outs[num_views_start:meta.num_forward_outputs])
         result = finish_outputs(meta, args, outs[:num_outputs], new_values)

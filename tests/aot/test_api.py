@@ -285,3 +285,19 @@ def test_saved_tensors_released_after_backward_as_eager():
     out.backward(retain_graph=True)
     out.backward()
     torch.testing.assert_close(x.grad, 3 * torch.cos(2 * x))
+
+
+def test_inference_graph_outputs_do_not_require_grad():
+    """A graph whose outputs need no gradient (made under no_grad inside) runs without
+    recording: its outputs do not require grad even though its input does, as in eager."""
+    def f(x):
+        with torch.no_grad():
+            y = x * 2
+        return y
+
+    x = torch.randn(3, requires_grad=True)
+    out = aot_function(f, nop)(x)
+    assert not out.requires_grad and out.grad_fn is None
+    assert torch.is_grad_enabled()
+    out = kiln.compile(f, backend="aot_eager")(x)
+    assert not out.requires_grad
