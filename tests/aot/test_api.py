@@ -301,3 +301,23 @@ def test_inference_graph_outputs_do_not_require_grad():
     assert torch.is_grad_enabled()
     out = kiln.compile(f, backend="aot_eager")(x)
     assert not out.requires_grad
+
+
+def test_graph_holding_a_fake_constant_is_refused():
+    """A traced graph that kept a tensor known only as a fake value as a constant cannot
+    run: trace refuses it with AotUnsupported instead of handing back FakeTensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kiln.aot.trace import _refuse_fake_constants
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(torch.ops.aten.mul.Tensor,
+                                     (x, graph.get_attr("const"))))
+    root = torch.nn.Module()
+    with FakeTensorMode():
+        root.const = torch.ones(3)
+    with pytest.raises(kiln.aot.AotUnsupported, match="fake value"):
+        _refuse_fake_constants(torch.fx.GraphModule(root, graph))
+    root.const = torch.ones(3)
+    _refuse_fake_constants(torch.fx.GraphModule(root, graph))  # a real constant is fine
