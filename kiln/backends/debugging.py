@@ -23,16 +23,21 @@ def eager(gm: torch.fx.GraphModule, example_inputs: list[Any], **kwargs: Any) ->
 @register_backend(name="kiln")
 def kiln_backend(gm: torch.fx.GraphModule, example_inputs: list[Any],
                  **kwargs: Any) -> Callable[..., Any]:
-    """kiln's default backend: AOT autograd (forward and backward graphs). Until code
-    generation lands (docs/roadmap.md, issue 6) the graphs run with PyTorch's eager kernels,
-    as under ``"aot_eager"``."""
-    return aot_eager(gm, example_inputs, **kwargs)
+    """kiln's default backend: AOT autograd (forward and backward aten graphs, decomposed to
+    kiln's core set, split by the min-cut partitioner), each graph compiled to fused C++
+    kernels and a Python wrapper (kiln/codegen)."""
+    from kiln.aot.partition_mincut import min_cut_rematerialization_partition
+    from kiln.codegen.compile_graph import compile_graph
+    from kiln.codegen.decompositions import decomposition_table
+
+    return _aot(gm, example_inputs, min_cut_rematerialization_partition,
+                compiler=compile_graph, decompositions=decomposition_table(), **kwargs)
 
 
 def _aot(gm: torch.fx.GraphModule, example_inputs: list[Any], partition_fn: Any,
-         **kwargs: Any) -> Callable[..., Any]:
-    """AOT autograd with graphs that run as they are (as plain Python functions calling each
-    op, kiln/aot/python_runner.py). Where AOT cannot handle the graph
+         compiler: Any = None, decompositions: Any = None, **kwargs: Any) -> Callable[..., Any]:
+    """AOT autograd with each graph compiled by ``compiler`` (default: run as a plain Python
+    function calling each op, kiln/aot/python_runner.py). Where AOT cannot handle the graph
     (kiln.aot.AotUnsupported) the captured graph runs instead, with a warning.
     ``kiln.counters["aot_autograd"]`` counts ``total``, ``ok`` and ``not_ok`` as torch's."""
     from kiln.aot import AotUnsupported, aot_module_simplified
@@ -40,8 +45,10 @@ def _aot(gm: torch.fx.GraphModule, example_inputs: list[Any], partition_fn: Any,
 
     counters["aot_autograd"]["total"] += 1
     try:
-        compiled = aot_module_simplified(gm, example_inputs, fw_compiler=boxed_python,
+        compiled = aot_module_simplified(gm, example_inputs,
+                                         fw_compiler=compiler or boxed_python,
                                          partition_fn=partition_fn,
+                                         decompositions=decompositions,
                                          keep_inference_input_mutations=True)
     except AotUnsupported as e:
         counters["aot_autograd"]["not_ok"] += 1

@@ -61,11 +61,25 @@ def cxx() -> str:
     return os.environ.get("CXX") or "g++"
 
 
+@functools.cache
+def libmvec_available() -> bool:
+    """Whether this glibc has the vector math library (libmvec, glibc 2.35 and newer on
+    x86-64) with every function generated kernels may call in vector form."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # type: ignore[union-attr]
+        major, minor = (int(p) for p in version.split(".")[:2])
+    except (ValueError, OSError, AttributeError):
+        return False
+    return name == "glibc" and (major, minor) >= (2, 35) and os.uname().machine == "x86_64"
+
+
 def cpp_compile_command(src_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
                         extra_flags: Sequence[str] = ()) -> list[str]:
     """The command that builds ``src_path`` into the shared library ``out_path``. Extra
-    flags go last, where both compile options and ``-l`` libraries take effect."""
-    return [cxx(), *CXX_FLAGS, str(src_path), "-o", str(out_path), *extra_flags]
+    flags go last, where both compile options and ``-l`` libraries take effect; libmvec is
+    linked where it exists (kernels call its vector exp, erf, tanh...)."""
+    libs = ["-lmvec"] if libmvec_available() else []
+    return [cxx(), *CXX_FLAGS, str(src_path), "-o", str(out_path), *extra_flags, *libs]
 
 
 @functools.cache

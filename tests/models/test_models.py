@@ -24,7 +24,7 @@ from benchmarks.models import MODELS
 
 MODEL_NAMES = ["resnet18", "gpt2_block", "gpt2_block_sdpa", "gpt2", "lstm_tagger"]
 MODES = ["train", "eval"]
-BACKENDS = ["eager", "aot_eager"]
+BACKENDS = ["eager", "aot_eager", "kiln"]
 
 
 def _setup(name: str, mode: str, backend: str = "eager"
@@ -121,7 +121,7 @@ def test_gradients_equal_to_eager(name: str, mode: str, backend: str) -> None:
     assert out.requires_grad and out.grad_fn is not None
     _loss(out).backward()
     assert cnt.frame_count == 1
-    assert kiln.counters["aot_autograd"]["ok"] == (backend == "aot_eager")
+    assert kiln.counters["aot_autograd"]["ok"] == (backend in ("aot_eager", "kiln"))
     assert kiln.counters["aot_autograd"]["not_ok"] == 0
 
     ref_params = dict(reference.named_parameters())

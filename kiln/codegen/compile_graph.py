@@ -1,0 +1,93 @@
+"""One aten graph → one compiled callable: lower (lowering.py), schedule (scheduler.py),
+generate C++ kernels (cpp.py) and the Python wrapper (wrapper.py), compile the kernels into
+one shared library (cpp_compiler.py), load it, and return the wrapper's ``call``.
+
+This is the inner compiler the ``"kiln"`` backend hands to AOT autograd for the forward and
+the backward graph. Graphs on devices other than the CPU run op by op as under
+``"aot_eager"`` until the Triton target exists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx
+
+from kiln import logs
+from kiln.codegen import cpp, cpp_compiler
+from kiln.codegen.cpp_prelude import prelude
+from kiln.codegen.ir import Buffer, ExternCall
+from kiln.codegen.lowering import lower
+from kiln.codegen.scheduler import Kernel, schedule
+from kiln.codegen.wrapper import WrapperWriter
+from kiln.counters import counters, metrics
+
+log = logging.getLogger("kiln.codegen")
+
+
+@dataclasses.dataclass
+class CompiledGraph:
+    """What code generation made of one graph (kept on the callable as ``_kiln_compiled``
+    for tests and ``KILN_LOGS=output_code``)."""
+
+    wrapper_source: str
+    cpp_source: str
+    kernel_count: int
+    extern_count: int
+    fallback_ops: list[str]
+
+
+def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+    """``gm`` compiled to C++ kernels and a wrapper; a boxed callable (``call(args)``)."""
+    started = time.perf_counter()
+    lowered, lowering = lower(gm)
+    if lowered.device.type != "cpu":
+        from kiln.aot.python_runner import python_function
+        log.info("kiln: a graph on %s runs op by op (no code generation for it yet)",
+                 lowered.device)
+        return python_function(gm)
+    sched = schedule(lowered)
+    dtypes: dict[str, torch.dtype] = {inp.name: inp.dtype for inp in lowered.inputs
+                                      if isinstance(inp, Buffer)}
+    for step in lowered.steps:
+        if isinstance(step, ExternCall):
+            dtypes.update((b.name, b.dtype) for b in step.output_buffers())
+        else:
+            dtypes[step.name] = step.dtype
+    kernels = [step for step in sched.steps if isinstance(step, Kernel)]
+    sources = {k.name: cpp.generate_kernel(k, dtypes) for k in kernels}
+    writer = WrapperWriter(sched, sources)
+    wrapper = writer.generate()
+    cpp_source = prelude() + "\n" + "\n".join(s.source for s in sources.values())
+    namespace: dict[str, Any] = dict(wrapper.globals)
+    namespace["threads"] = torch.get_num_threads
+    if sources:
+        library = cpp_compiler.compile_cpp(cpp_source)
+        for name, value in list(namespace.items()):
+            if isinstance(value, cpp.KernelSource):
+                argtypes = [ctypes.c_void_p] * len(value.pointers) + \
+                    [ctypes.c_int64] * len(value.sizes) + [ctypes.c_int]
+                namespace[name] = library.function(value.name, argtypes)
+    exec(compile(wrapper.source, f"<kiln wrapper {id(gm):x}>", "exec"), namespace)
+    call = namespace["call"]
+    call._boxed_call = True
+    metrics.generated_kernel_count += len(sources)
+    counters["codegen"]["graphs_compiled"] += 1
+    compiled = CompiledGraph(wrapper.source, cpp_source if sources else "", len(sources),
+                             lowering.extern_count, lowering.fallback_ops)
+    call._kiln_compiled = compiled
+    if lowering.fallback_ops:
+        log.debug("kiln: ops run as aten calls: %s", sorted(set(lowering.fallback_ops)))
+    logs.log_artifact("output_code", "kiln output code (%.0f ms):\n%s\n%s",
+                      (time.perf_counter() - started) * 1e3, wrapper.source,
+                      "\n".join(s.source for s in sources.values()))
+    return call
+
+
+__all__ = ["CompiledGraph", "compile_graph"]

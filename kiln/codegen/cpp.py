@@ -1,0 +1,615 @@
+"""C++ kernels: one ``extern "C"`` function per scheduled kernel (scheduler.py).
+
+Two loop shapes:
+
+* **rows** (the general one): the outer dims of the kernel's space are an OpenMP-parallel
+  loop nest; for each outer point the members run in order as *stages*: a reduction loop
+  (accumulators in registers, ``omp simd reduction``), scalar code for outer members, a
+  pointwise loop storing full members. The innermost loop is contiguous in the common case,
+  and ``#pragma omp simd`` lets the compiler vectorize it. Pointwise-only kernels are the
+  case without reductions (inner loop: the last dim).
+* **columns**: a reduction over the leading dim of a 2-d space whose reads are contiguous
+  along the kept dim (``x.sum(0)``). The kept dim is split into tiles, parallel over tiles;
+  each stage walks the reduced dim with a vectorized loop across the tile, accumulators one
+  per column.
+
+Sums of floating-point values accumulate in double (float16/bfloat16/float32 inputs), other
+reductions in the compute dtype. Sizes are arguments (``int64_t s0``), so one kernel serves
+every size of a symbolic graph; the thread count is an argument too (torch's, read by the
+wrapper at each call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import sympy
+import torch
+
+from kiln.codegen import ir
+from kiln.codegen.ir import Reduction, Value
+from kiln.codegen.scheduler import FULL, OUTER, REDUCTION, Kernel, Member, loop_var
+
+CTYPES = {
+    torch.float32: "float", torch.float64: "double", torch.float16: "_Float16",
+    torch.bfloat16: "kiln_bf16", torch.int8: "int8_t", torch.uint8: "uint8_t",
+    torch.int16: "int16_t", torch.int32: "int32_t", torch.int64: "int64_t",
+    torch.bool: "bool",
+}
+
+PARALLEL_THRESHOLD = 32768  # elements below which a kernel runs on one thread
+COLUMN_TILE = 64
+
+
+def ctype(dtype: torch.dtype) -> str:
+    return CTYPES[dtype]
+
+
+# --- index expressions -------------------------------------------------------------------------
+
+class IndexPrinter:
+    """sympy index expressions as int64 C arithmetic; records the size symbols used."""
+
+    def __init__(self) -> None:
+        self.symbols: set[sympy.Symbol] = set()
+
+    def __call__(self, e: Any) -> str:
+        e = sympy.sympify(e)
+        if e.is_Integer:
+            return f"INT64_C({int(e)})" if abs(int(e)) > 2**31 - 1 else str(int(e))
+        if e.is_Symbol:
+            if not e.name.startswith(("x", "r")) or e.name not in _LOOP_NAMES:
+                self.symbols.add(e)
+            return e.name
+        if isinstance(e, sympy.Add):
+            return "(" + " + ".join(self(a) for a in e.args) + ")"
+        if isinstance(e, sympy.Mul):
+            return "(" + " * ".join(self(a) for a in e.args) + ")"
+        if isinstance(e, ir.FloorDiv):
+            return f"({self(e.args[0])} / {self(e.args[1])})"
+        if isinstance(e, ir.ModularIndexing):
+            return f"({self(e.args[0])} % {self(e.args[1])})"
+        if isinstance(e, sympy.Pow) and e.exp.is_Integer and int(e.exp) > 0:
+            return "(" + " * ".join([self(e.base)] * int(e.exp)) + ")"
+        if isinstance(e, sympy.Max):
+            return self._fold("std::max<int64_t>", e.args)
+        if isinstance(e, sympy.Min):
+            return self._fold("std::min<int64_t>", e.args)
+        if isinstance(e, (sympy.floor, sympy.ceiling)):
+            raise NotImplementedError(f"index expression {e}")
+        raise NotImplementedError(f"index expression {e} ({type(e).__name__})")
+
+    def _fold(self, fn: str, args: Sequence[Any]) -> str:
+        out = self(args[0])
+        for a in args[1:]:
+            out = f"{fn}({out}, {self(a)})"
+        return out
+
+
+_LOOP_NAMES = {f"{p}{i}" for p in ("x", "r") for i in range(64)}
+
+
+# --- scalar expressions ------------------------------------------------------------------------
+
+def _float_fn(name: str, dtype: torch.dtype) -> str:
+    return name + ("f" if dtype != torch.float64 else "")
+
+
+def constant(value: Any, dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "true" if value else "false"
+    if dtype.is_floating_point:
+        v = float(value)
+        t = ctype(dtype)
+        if math.isnan(v):
+            return f"std::numeric_limits<{t}>::quiet_NaN()"
+        if math.isinf(v):
+            return f"{'-' if v < 0 else ''}std::numeric_limits<{t}>::infinity()"
+        text = repr(v)
+        if "e" not in text and "." not in text:
+            text += ".0"
+        return text + ("f" if dtype == torch.float32 else "")
+    v = int(value)
+    return f"(({ctype(dtype)}){v}{'LL' if abs(v) > 2**31 - 1 else ''})"
+
+
+UNARY = {
+    "neg": "(-{0})", "reciprocal": "(({t})1 / {0})", "relu": "({0} < 0 ? ({t})0 : {0})",
+    "logical_not": "(!{0})", "bitwise_not": "(~{0})", "isnan": "({0} != {0})",
+    "sign": "kiln_sign({0})",
+}
+FLOAT_UNARY = {"exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "sin", "cos",
+               "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "erf", "erfc", "floor",
+               "ceil", "trunc"}
+BINARY = {
+    "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})",
+    "truediv": "({0} / {1})", "eq": "({0} == {1})", "ne": "({0} != {1})",
+    "lt": "({0} < {1})", "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})",
+    "logical_and": "((bool){0} & (bool){1})", "logical_or": "((bool){0} | (bool){1})",
+    "logical_xor": "((bool){0} != (bool){1})", "bitwise_and": "({0} & {1})",
+    "bitwise_or": "({0} | {1})", "bitwise_xor": "({0} ^ {1})",
+    "maximum": "kiln_maximum({0}, {1})", "minimum": "kiln_minimum({0}, {1})",
+    "clamp_min": "kiln_maximum({0}, {1})", "clamp_max": "kiln_minimum({0}, {1})",
+    "remainder": "kiln_remainder({0}, {1})", "floordiv": "kiln_floordiv({0}, {1})",
+}
+
+
+class BodyWriter:
+    """Emits Values as C statements into ``lines``, each distinct expression once."""
+
+    def __init__(self, kernel_writer: KernelWriter, indent: str) -> None:
+        self.kw = kernel_writer
+        self.indent = indent
+        self.lines: list[str] = []
+        self.memo: dict[int, str] = {}
+        self.cse: dict[tuple[Any, ...], str] = {}
+        self.stored: dict[tuple[str, str], str] = {}
+
+    def line(self, text: str) -> None:
+        self.lines.append(self.indent + text)
+
+    def define(self, key: tuple[Any, ...], dtype: torch.dtype, expr: str) -> str:
+        if key in self.cse:
+            return self.cse[key]
+        name = self.kw.tmp()
+        self.line(f"const {ctype(dtype if dtype not in ir.LOW_PRECISION else torch.float32)} "
+                  f"{name} = {expr};")
+        self.cse[key] = name
+        return name
+
+    def emit(self, v: Value) -> str:
+        if id(v) in self.memo:
+            return self.memo[id(v)]
+        name = self._emit(v)
+        self.memo[id(v)] = name
+        return name
+
+    def _emit(self, v: Value) -> str:
+        t = ctype(v.dtype)
+        if v.op == "load":
+            return self.kw.load(self, *v.args)
+        if v.op == "constant":
+            return constant(v.args[0], v.dtype)
+        if v.op == "index_expr":
+            expr = self.kw.index(v.args[0])
+            return self.define(("index", expr, v.dtype), v.dtype, f"({t})({expr})")
+        args = [self.emit(a) if isinstance(a, Value) else a for a in v.args]
+        if v.op == "to_dtype":
+            src = v.args[0].dtype
+            if v.dtype == torch.bool:
+                expr = f"({args[0]} != 0)"
+            else:
+                expr = f"({t})({args[0]})"
+            del src
+        elif v.op == "round_to":
+            target = args[1]
+            expr = (f"(float)(_Float16)({args[0]})" if target == torch.float16 else
+                    f"kiln_bf16_to_float(kiln_float_to_bf16({args[0]}))")
+        elif v.op == "where":
+            expr = f"({args[0]} ? {args[1]} : {args[2]})"
+        elif v.op in UNARY:
+            expr = UNARY[v.op].format(*args, t=t)
+        elif v.op in FLOAT_UNARY:
+            expr = f"{_float_fn(v.op, v.dtype)}({args[0]})"
+        elif v.op == "rsqrt":
+            expr = f"(({t})1 / {_float_fn('sqrt', v.dtype)}({args[0]}))"
+        elif v.op == "sigmoid":
+            expr = f"(({t})1 / (({t})1 + {_float_fn('exp', v.dtype)}(-{args[0]})))"
+        elif v.op == "abs":
+            expr = (f"{_float_fn('fabs', v.dtype)}({args[0]})" if v.dtype.is_floating_point
+                    else f"({args[0]} < 0 ? -{args[0]} : {args[0]})")
+        elif v.op == "round":
+            expr = f"{_float_fn('nearbyint', v.dtype)}({args[0]})"
+        elif v.op == "isinf":
+            expr = f"({_float_fn('fabs', v.args[0].dtype)}({args[0]}) == " \
+                   f"std::numeric_limits<{ctype(v.args[0].dtype)}>::infinity())"
+        elif v.op in BINARY:
+            expr = BINARY[v.op].format(*args)
+        elif v.op in ("pow", "atan2", "fmod"):
+            expr = f"{_float_fn(v.op, v.dtype)}({args[0]}, {args[1]})"
+        elif v.op == "truncdiv":
+            expr = f"{_float_fn('trunc', v.dtype)}({args[0]} / {args[1]})"
+        else:
+            raise NotImplementedError(f"kiln C++: no code for op {v.op!r}")
+        return self.define((v.op, tuple(args), v.dtype), v.dtype, expr)
+
+
+# --- kernels -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class KernelSource:
+    """One generated kernel: its C++ source and the arguments the wrapper passes:
+    ``pointers`` (storage names, read or written), ``sizes`` (sympy symbols), then the thread
+    count."""
+
+    name: str
+    source: str
+    pointers: list[str]
+    sizes: list[sympy.Symbol]
+    written: set[str]
+
+
+def _reduction_init(kind: str, dtype: torch.dtype) -> str:
+    t = ctype(dtype)
+    if kind == "sum":
+        return f"({t})0"
+    if kind == "prod":
+        return f"({t})1"
+    if kind in ("max", "argmax"):
+        return (f"-std::numeric_limits<{t}>::infinity()" if dtype.is_floating_point else
+                f"std::numeric_limits<{t}>::lowest()")
+    return (f"std::numeric_limits<{t}>::infinity()" if dtype.is_floating_point else
+            f"std::numeric_limits<{t}>::max()")
+
+
+class KernelWriter:
+    def __init__(self, kernel: Kernel, dtypes: dict[str, torch.dtype]) -> None:
+        self.kernel = kernel
+        self.dtypes = dtypes  # storage name -> dtype
+        self.printer = IndexPrinter()
+        self.pointers: dict[str, None] = {}
+        self.written: set[str] = set()
+        self._tmp = 0
+        self.members = {m.buffer.name: m for m in kernel.members}
+        self.columns = self._use_columns()
+        self.local_ref: dict[str, str] = {}  # member -> C expression of its current value
+
+    def tmp(self) -> str:
+        self._tmp += 1
+        return f"t{self._tmp - 1}"
+
+    def index(self, e: Any) -> str:
+        return self.printer(e)
+
+    def pointer(self, name: str) -> str:
+        self.pointers.setdefault(name)
+        return f"p_{name}"
+
+    def load(self, body: BodyWriter, name: str, offset: Any) -> str:
+        member = self.members.get(name)
+        if member is not None and member.kind in (REDUCTION, OUTER) and name in self.local_ref:
+            return self.local_ref[name]
+        off = self.index(offset)
+        if (name, off) in body.stored:
+            return body.stored[(name, off)]
+        dtype = self.dtypes[name]
+        raw = f"{self.pointer(name)}[{off}]"
+        if dtype == torch.bfloat16:
+            expr = f"kiln_bf16_to_float({raw})"
+        elif dtype == torch.float16:
+            expr = f"(float)({raw})"
+        else:
+            expr = raw
+        return body.define(("load", name, off), ir.compute_dtype(dtype), expr)
+
+    def store(self, body: BodyWriter, member: Member, value: str) -> None:
+        name = member.buffer.name
+        off = self.index(self.kernel.store_offset(member))
+        dtype = member.buffer.dtype
+        self.written.add(name)
+        if dtype == torch.bfloat16:
+            value = f"kiln_float_to_bf16({value})"
+        elif dtype == torch.float16:
+            value = f"(_Float16)({value})"
+        elif dtype == torch.bool:
+            value = f"(bool)({value})"
+        body.line(f"{self.pointer(name)}[{off}] = {value};")
+        body.stored[(name, off)] = value
+
+    # --- structure ----------------------------------------------------------------------------
+
+    def _use_columns(self) -> bool:
+        k = self.kernel
+        if k.rdims != (0,) or len(k.dims) != 2:
+            return False
+        reductions = [m for m in k.members if m.kind == REDUCTION]
+        if not reductions or any(m.buffer.body.reduction_type.startswith("arg")
+                                 for m in reductions):
+            return False
+        x0, x1 = loop_var(0), loop_var(1)
+        offsets = [off for m in reductions for _, off in ir.loads(k.value(m))]
+        if not offsets:
+            return False
+        contiguous = sum(1 for off in offsets if sympy.expand(off.subs(x1, x1 + 1) - off) == 1
+                         and sympy.expand(off.subs(x0, x0 + 1) - off) != 1)
+        return contiguous * 2 >= len(offsets)
+
+    def stages(self) -> list[tuple[str, list[Member]]]:
+        """Consecutive members of one kind that can share a loop."""
+        out: list[tuple[str, list[Member]]] = []
+        for m in self.kernel.members:
+            if out and out[-1][0] == m.kind and not self._reads_any(m, out[-1][1]):
+                out[-1][1].append(m)
+            else:
+                out.append((m.kind, [m]))
+        return out
+
+    def _reads_any(self, m: Member, group: list[Member]) -> bool:
+        if m.kind == FULL:
+            return False
+        names = {g.buffer.name for g in group}
+        return any(name in names for name, _ in ir.loads(self.kernel.value(m)))
+
+    def generate(self) -> KernelSource:
+        k = self.kernel
+        dims_c = [self.index(d) for d in k.dims]
+        numel = ir.product(k.dims)
+        body = (self._columns(dims_c) if self.columns else self._rows(dims_c, numel))
+        sizes = sorted(self.printer.symbols, key=lambda s: s.name)
+        params = []
+        for name in self.pointers:
+            const = "" if name in self.written else "const "
+            params.append(f"{const}{ctype(self.dtypes[name])}* __restrict p_{name}")
+        params += [f"int64_t {s.name}" for s in sizes]
+        params.append("int kiln_threads")
+        source = f'extern "C" void {k.name}({", ".join(params)}) {{\n' + \
+            "\n".join(body) + "\n}\n"
+        return KernelSource(k.name, source, list(self.pointers), sizes, set(self.written))
+
+    def _parallel_clause(self, numel: ir.Expr) -> str | None:
+        if numel.is_Integer:
+            return "" if int(numel) >= PARALLEL_THRESHOLD else None
+        return f" if({self.index(numel)} >= {PARALLEL_THRESHOLD})"
+
+    # rows ---------------------------------------------------------------------------------------
+
+    def _rows(self, dims_c: list[str], numel: ir.Expr) -> list[str]:
+        k = self.kernel
+        outer = k.outer_positions
+        inner = list(k.rdims)
+        if not k.rdims and k.dims:
+            outer, inner = list(range(len(k.dims) - 1)), [len(k.dims) - 1]
+        lines: list[str] = []
+        clause = self._parallel_clause(numel)
+        indent = "    "
+        if outer:
+            if clause is not None:
+                collapse = f" collapse({len(outer)})" if len(outer) > 1 else ""
+                lines.append(f"    #pragma omp parallel for{collapse} "
+                             f"num_threads(kiln_threads){clause}")
+            for d in outer:
+                lines.append(f"{indent}for (int64_t x{d} = 0; x{d} < {dims_c[d]}; x{d}++)")
+            lines[-1] += " {"
+            indent += "    "
+        parallel_inner = clause if not outer else None
+        for kind, members in self.stages():
+            if kind == OUTER:
+                w = BodyWriter(self, indent)
+                for m in members:
+                    value = w.emit(k.value(m))
+                    self.local_ref[m.buffer.name] = value
+                    if m.buffer.name not in k.local:
+                        self.store(w, m, value)
+                lines += w.lines
+            elif kind == FULL:
+                lines += self._inner_loop(indent, inner, dims_c, members, None, parallel_inner)
+            else:
+                lines += self._reduction_rows(indent, inner, dims_c, members, parallel_inner)
+        if outer:
+            lines.append("    }")
+        return lines
+
+    def _loop_header(self, indent: str, inner: list[int], dims_c: list[str],
+                     pragma: str | None) -> tuple[list[str], str]:
+        lines = []
+        if pragma is not None:
+            lines.append(f"{indent}{pragma}")
+        for d in inner:
+            lines.append(f"{indent}for (int64_t x{d} = 0; x{d} < {dims_c[d]}; x{d}++)")
+        if inner:
+            lines[-1] += " {"
+            return lines, indent + "    "
+        lines.append(indent + "{")
+        return lines, indent + "    "
+
+    def _inner_loop(self, indent: str, inner: list[int], dims_c: list[str],
+                    members: list[Member], reduction: str | None,
+                    parallel: str | None) -> list[str]:
+        pragma = self._pragma(inner, reduction, parallel)
+        lines, body_indent = self._loop_header(indent, inner, dims_c, pragma)
+        w = BodyWriter(self, body_indent)
+        for m in members:
+            self.store(w, m, w.emit(self.kernel.value(m)))
+        return lines + w.lines + [indent + "}"]
+
+    def _pragma(self, inner: list[int], reduction: str | None, parallel: str | None) -> str:
+        red = f" {reduction}" if reduction else ""
+        collapse = f" collapse({len(inner)})" if len(inner) > 1 and parallel is not None else ""
+        if not inner:
+            return None  # type: ignore[return-value]
+        if parallel is not None:
+            return f"#pragma omp parallel for simd{collapse}{red} " \
+                   f"num_threads(kiln_threads){parallel}"
+        return f"#pragma omp simd{red}"
+
+    def _reduction_rows(self, indent: str, inner: list[int], dims_c: list[str],
+                        members: list[Member], parallel: str | None) -> list[str]:
+        lines: list[str] = []
+        clauses: list[str] = []
+        updates: list[tuple[Member, str, str | None, str | None]] = []
+        sequential = False
+        for m in members:
+            body: Reduction = m.buffer.body
+            acc = self.tmp()
+            kind = body.reduction_type
+            t = ctype(body.acc_dtype)
+            lines.append(f"{indent}{t} {acc} = {_reduction_init(kind, body.acc_dtype)};")
+            nan = idx = None
+            if kind in ("max", "min") and body.acc_dtype.is_floating_point:
+                nan = self.tmp()
+                lines.append(f"{indent}bool {nan} = false;")
+                clauses.append(f"reduction(|:{nan})")
+            if kind.startswith("arg"):
+                idx = self.tmp()
+                lines.append(f"{indent}int64_t {idx} = 0;")
+                sequential = True
+            elif kind in ("sum", "prod"):
+                clauses.append(f"reduction({'+' if kind == 'sum' else '*'}:{acc})")
+            else:
+                clauses.append(f"reduction({kind}:{acc})")
+            updates.append((m, acc, nan, idx))
+        pragma = None if sequential else self._pragma(inner, " ".join(clauses) or None,
+                                                      parallel)
+        if sequential and not inner:
+            pragma = None
+        head, body_indent = self._loop_header(indent, inner, dims_c, pragma)
+        lines += head
+        w = BodyWriter(self, body_indent)
+        for m, acc, nan, idx in updates:
+            body = m.buffer.body
+            v = w.emit(self.kernel.value(m))
+            kind = body.reduction_type
+            if kind == "sum":
+                w.line(f"{acc} += ({ctype(body.acc_dtype)})({v});")
+            elif kind == "prod":
+                w.line(f"{acc} *= ({ctype(body.acc_dtype)})({v});")
+            elif kind in ("max", "min"):
+                op = ">" if kind == "max" else "<"
+                w.line(f"{acc} = ({v} {op} {acc}) ? {v} : {acc};")
+                if nan:
+                    w.line(f"{nan} |= ({v} != {v});")
+            else:
+                op = ">" if kind == "argmax" else "<"
+                flat = self.index(self._flat_reduced(m))
+                w.line(f"if (!({acc} != {acc}) && ({v} {op} {acc} || {v} != {v})) "
+                       f"{{ {acc} = {v}; {idx} = {flat}; }}")
+        lines += w.lines + [indent + "}"]
+        finish = BodyWriter(self, indent)
+        for m, acc, nan, idx in updates:
+            body = m.buffer.body
+            out_t = ir.compute_dtype(body.dtype)
+            if idx is not None:
+                result = idx
+            elif nan:
+                result = f"({nan} ? std::numeric_limits<{ctype(body.acc_dtype)}>::quiet_NaN()" \
+                         f" : {acc})"
+            else:
+                result = acc
+            name = self.tmp()
+            finish.line(f"const {ctype(out_t)} {name} = ({ctype(out_t)})({result});")
+            self.local_ref[m.buffer.name] = name
+            if m.buffer.name not in self.kernel.local:
+                self.store(finish, m, name)
+        return lines + finish.lines
+
+    def _flat_reduced(self, m: Member) -> ir.Expr:
+        """The row-major position of the current element among the reduced ones (what
+        argmax returns)."""
+        body: Reduction = m.buffer.body
+        index = self.kernel.index_of(m)
+        flat = sympy.Integer(0)
+        for d in body.reduced:
+            flat = flat * body.full_size[d] + index[d]
+        return flat
+
+    # columns ------------------------------------------------------------------------------------
+
+    def _columns(self, dims_c: list[str]) -> list[str]:
+        k = self.kernel
+        tile = COLUMN_TILE
+        rows, cols = dims_c
+        numel = ir.product(k.dims)
+        clause = self._parallel_clause(numel)
+        lines = []
+        if clause is not None:
+            lines.append(f"    #pragma omp parallel for num_threads(kiln_threads){clause}")
+        lines.append(f"    for (int64_t tile = 0; tile < ({cols} + {tile - 1}) / {tile}; tile++) {{")
+        lines.append(f"        const int64_t o0 = tile * {tile};")
+        lines.append(f"        const int64_t on = std::min<int64_t>({tile}, {cols} - o0);")
+        ind = "        "
+        for kind, members in self.stages():
+            if kind == REDUCTION:
+                lines += self._column_reduction(ind, rows, members)
+            elif kind == OUTER:
+                arrays = {}
+                for m in members:
+                    arr = self.tmp()
+                    lines.append(f"{ind}{ctype(ir.compute_dtype(m.buffer.dtype))} {arr}[{tile}];")
+                    arrays[m.buffer.name] = arr
+                lines.append(f"{ind}#pragma omp simd")
+                lines.append(f"{ind}for (int64_t j = 0; j < on; j++) {{")
+                lines.append(f"{ind}    const int64_t x1 = o0 + j;")
+                w = BodyWriter(self, ind + "    ")
+                for m in members:
+                    value = w.emit(k.value(m))
+                    w.line(f"{arrays[m.buffer.name]}[j] = {value};")
+                    if m.buffer.name not in k.local:
+                        self.store(w, m, value)
+                lines += w.lines + [ind + "}"]
+                for m in members:
+                    self.local_ref[m.buffer.name] = f"{arrays[m.buffer.name]}[j]"
+            else:
+                lines.append(f"{ind}for (int64_t x0 = 0; x0 < {rows}; x0++) {{")
+                lines.append(f"{ind}    #pragma omp simd")
+                lines.append(f"{ind}    for (int64_t j = 0; j < on; j++) {{")
+                lines.append(f"{ind}        const int64_t x1 = o0 + j;")
+                w = BodyWriter(self, ind + "        ")
+                for m in members:
+                    self.store(w, m, w.emit(k.value(m)))
+                lines += w.lines + [ind + "    }", ind + "}"]
+        lines.append("    }")
+        return lines
+
+    def _column_reduction(self, ind: str, rows: str, members: list[Member]) -> list[str]:
+        tile = COLUMN_TILE
+        lines: list[str] = []
+        accs = []
+        for m in members:
+            body: Reduction = m.buffer.body
+            acc = self.tmp()
+            t = ctype(body.acc_dtype)
+            nan = None
+            lines.append(f"{ind}{t} {acc}[{tile}];")
+            lines.append(f"{ind}for (int64_t j = 0; j < {tile}; j++) {acc}[j] = "
+                         f"{_reduction_init(body.reduction_type, body.acc_dtype)};")
+            if body.reduction_type in ("max", "min") and body.acc_dtype.is_floating_point:
+                nan = self.tmp()
+                lines.append(f"{ind}bool {nan}[{tile}] = {{}};")
+            accs.append((m, acc, nan))
+        lines.append(f"{ind}for (int64_t x0 = 0; x0 < {rows}; x0++) {{")
+        lines.append(f"{ind}    #pragma omp simd")
+        lines.append(f"{ind}    for (int64_t j = 0; j < on; j++) {{")
+        lines.append(f"{ind}        const int64_t x1 = o0 + j;")
+        w = BodyWriter(self, ind + "        ")
+        for m, acc, nan in accs:
+            body = m.buffer.body
+            v = w.emit(self.kernel.value(m))
+            kind = body.reduction_type
+            if kind == "sum":
+                w.line(f"{acc}[j] += ({ctype(body.acc_dtype)})({v});")
+            elif kind == "prod":
+                w.line(f"{acc}[j] *= ({ctype(body.acc_dtype)})({v});")
+            else:
+                op = ">" if kind == "max" else "<"
+                w.line(f"{acc}[j] = ({v} {op} {acc}[j]) ? {v} : {acc}[j];")
+                if nan:
+                    w.line(f"{nan}[j] |= ({v} != {v});")
+        lines += w.lines + [ind + "    }", ind + "}"]
+        arrays = []
+        for m, acc, nan in accs:
+            out_t = ctype(ir.compute_dtype(m.buffer.body.dtype))
+            arr = self.tmp()
+            lines.append(f"{ind}{out_t} {arr}[{tile}];")
+            arrays.append((m, acc, nan, arr, out_t))
+        lines.append(f"{ind}#pragma omp simd")
+        lines.append(f"{ind}for (int64_t j = 0; j < on; j++) {{")
+        lines.append(f"{ind}    const int64_t x1 = o0 + j;")
+        w = BodyWriter(self, ind + "    ")
+        for m, acc, nan, arr, out_t in arrays:
+            result = f"{acc}[j]"
+            if nan:
+                result = f"({nan}[j] ? std::numeric_limits<{out_t}>::quiet_NaN() : " \
+                         f"({out_t}){acc}[j])"
+            w.line(f"{arr}[j] = ({out_t})({result});")
+            self.local_ref[m.buffer.name] = f"{arr}[j]"
+            if m.buffer.name not in self.kernel.local:
+                self.store(w, m, f"{arr}[j]")
+        lines += w.lines + [ind + "}"]
+        return lines
+
+
+def generate_kernel(kernel: Kernel, dtypes: dict[str, torch.dtype]) -> KernelSource:
+    return KernelWriter(kernel, dtypes).generate()

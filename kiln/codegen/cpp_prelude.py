@@ -1,0 +1,84 @@
+"""The C++ every generated source starts with: includes, the vectorized math functions of
+glibc's libmvec, dtype conversions and the pointwise helpers whose semantics eager defines
+(NaN-propagating max/min, Python-style remainder, floor division).
+
+No ATen header is included: a generated source compiles in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from kiln.codegen.cpp_compiler import libmvec_available
+
+# libm functions gcc may call in vector form (libmvec, glibc >= 2.35) inside `omp simd` loops:
+# declared with the simd attribute, gcc calls e.g. _ZGVeN16v_expf for 16 floats at a time.
+SIMD_FUNCTIONS = ("exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
+                  "tanh", "erf", "erfc", "expm1", "log1p", "log2", "log10", "exp2", "atan2",
+                  "pow")
+_BINARY = {"atan2", "pow"}
+
+
+def _declarations() -> str:
+    if not libmvec_available():
+        return ""
+    lines = ['extern "C" {']
+    for f in SIMD_FUNCTIONS:
+        for t, suffix in (("float", "f"), ("double", "")):
+            params = f"{t}, {t}" if f in _BINARY else t
+            lines.append(f'__attribute__((simd("notinbranch"))) {t} {f}{suffix}({params}) '
+                         "noexcept;")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+INCLUDES = """#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <algorithm>
+#include <limits>
+"""
+
+PRELUDE_BODY = r"""
+typedef uint16_t kiln_bf16;
+
+static inline float kiln_bf16_to_float(kiln_bf16 b) {
+    uint32_t u = ((uint32_t)b) << 16; float f; std::memcpy(&f, &u, 4); return f;
+}
+static inline kiln_bf16 kiln_float_to_bf16(float f) {
+    uint32_t u; std::memcpy(&u, &f, 4);
+    if (f != f) return (kiln_bf16)0x7fc0;
+    u += 0x7fff + ((u >> 16) & 1);  // round to nearest even, as c10::BFloat16
+    return (kiln_bf16)(u >> 16);
+}
+template <typename T> static inline T kiln_maximum(T a, T b) {
+    return (a != a) ? a : ((b > a || b != b) ? b : a);
+}
+template <typename T> static inline T kiln_minimum(T a, T b) {
+    return (a != a) ? a : ((b < a || b != b) ? b : a);
+}
+template <typename T> static inline T kiln_remainder(T a, T b) {
+    T r = std::fmod(a, b);
+    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+template <typename T> static inline T kiln_floordiv(T a, T b) {
+    if (b == 0) return a / b;
+    T mod = std::fmod(a, b);
+    T div = (a - mod) / b;
+    if ((mod != 0) && (b < 0) != (mod < 0)) div -= T(1);
+    if (div != 0) {
+        T f = std::floor(div);
+        if (div - f > T(0.5)) f += T(1);
+        return f;
+    }
+    return std::copysign(T(0), a / b);
+}
+template <typename T> static inline T kiln_sign(T a) {
+    return (T)((T(0) < a) - (a < T(0)));
+}
+"""
+
+
+@functools.cache
+def prelude() -> str:
+    return INCLUDES + _declarations() + "\n" + PRELUDE_BODY
