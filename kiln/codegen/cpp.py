@@ -516,7 +516,8 @@ class KernelWriter:
         lines = []
         if clause is not None:
             lines.append(f"    #pragma omp parallel for num_threads(kiln_threads){clause}")
-        lines.append(f"    for (int64_t tile = 0; tile < ({cols} + {tile - 1}) / {tile}; tile++) {{")
+        tiles = f"({cols} + {tile - 1}) / {tile}"
+        lines.append(f"    for (int64_t tile = 0; tile < {tiles}; tile++) {{")
         lines.append(f"        const int64_t o0 = tile * {tile};")
         lines.append(f"        const int64_t on = std::min<int64_t>({tile}, {cols} - o0);")
         ind = "        "

@@ -30,6 +30,7 @@ import torch
 
 Expr = sympy.Expr
 Index = list[Expr]
+ZERO = sympy.Integer(0)
 
 
 # --- index arithmetic --------------------------------------------------------------------------
@@ -221,7 +222,7 @@ class Layout:
                                  sympy.Integer(0))
 
     @staticmethod
-    def of(t: torch.Tensor, base_offset: Expr = sympy.Integer(0)) -> Layout:
+    def of(t: torch.Tensor, base_offset: Expr = ZERO) -> Layout:
         """The layout of fake tensor ``t`` (offset relative to ``base_offset``)."""
         return Layout([sym(s) for s in t.shape], [sym(s) for s in t.stride()],
                       sym(t.storage_offset()) - base_offset)

@@ -4,9 +4,11 @@ Each corpus case is a small function and a maker that builds its inputs from a s
 ``torch.Generator``. The maker runs once per side, with the same seed, so eager and compiled
 get identical, independent inputs (what a deep copy would give, and it also works for inputs
 that are views or non-leaf tensors). The function runs eagerly and through
-``kiln.compile(fn, backend=CompileCounterWithBackend("aot_eager"))`` (or, for the second
-path, ``kiln.aot.aot_function(fn, kiln.aot.nop)``, no capture), ``calls`` times in a row on
-the same inputs, each call from ``torch.manual_seed(0)``. After each call must agree:
+``kiln.compile(fn, backend=CompileCounterWithBackend(backend))`` for each backend of
+``COMPILE_BACKENDS`` (``"aot_eager"``, and ``"kiln"``, whose forward and backward graphs run
+as generated C++ kernels), or, for the second path, ``kiln.aot.aot_function(fn,
+kiln.aot.nop)`` (no capture), ``calls`` times in a row on the same inputs, each call from
+``torch.manual_seed(0)``. After each call must agree:
 
 - outputs (values, dtype, shape; ``requires_grad``; whether ``grad_fn`` is None);
 - inputs (mutations applied; ``requires_grad``; modules' parameters, buffers and mode);
@@ -39,6 +41,9 @@ import torch.utils._pytree as pytree
 import kiln
 import kiln.aot
 from kiln.testing import CompileCounterWithBackend
+
+# the backends every case runs through under kiln.compile (test_compile's ``backend``)
+COMPILE_BACKENDS = ("aot_eager", "kiln")
 
 
 class Gen:
@@ -348,8 +353,8 @@ def differential(c: Case, make_compiled: Callable[[Case, Inputs], Callable[..., 
         assert not fallback.messages, f"AOT fell back: {fallback.messages}"
 
 
-def _via_compile(c: Case, inputs: Inputs) -> Callable[..., Any]:
-    cnt = CompileCounterWithBackend("aot_eager")
+def _via_compile(c: Case, inputs: Inputs, backend: str) -> Callable[..., Any]:
+    cnt = CompileCounterWithBackend(backend)
     compiled = kiln.compile(c.fn, backend=cnt)
     if c.graphs is None:
         return compiled
@@ -369,9 +374,10 @@ def _via_aot(c: Case, inputs: Inputs) -> Callable[..., Any]:
     return kiln.aot.aot_function(c.fn, kiln.aot.nop)
 
 
-def check_compile(c: Case) -> None:
-    """The case through ``kiln.compile(backend="aot_eager")``, against eager."""
-    differential(c, _via_compile)
+def check_compile(c: Case, backend: str = "aot_eager") -> None:
+    """The case through ``kiln.compile(backend=backend)`` (one of ``COMPILE_BACKENDS``),
+    against eager; the same checks and expected graph count for every backend."""
+    differential(c, lambda c, inputs: _via_compile(c, inputs, backend))
 
 
 def check_aot(c: Case) -> None:

@@ -11,6 +11,7 @@ from torch.autograd.function import once_differentiable
 
 import kiln
 from tests.aot.aot_helpers import (
+    COMPILE_BACKENDS,
     Gen,
     Inputs,
     aot_params,
@@ -420,8 +421,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("c", compile_params(CASES))
-def test_compile(c):
-    check_compile(c)
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
+def test_compile(backend, c):
+    check_compile(c, backend)
 
 
 @pytest.mark.parametrize("c", aot_params(CASES))
@@ -430,10 +432,11 @@ def test_aot_function(c):
 
 
 @pytest.mark.parametrize("first_dup", [True, False])
-def test_duplicate_pattern_changes_between_calls(first_dup):
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
+def test_duplicate_pattern_changes_between_calls(backend, first_dup):
     """Called with f(a, a), then f(a, b) (or the other way round): the compiled function
     must not reuse the deduplicated graph for distinct inputs, nor the reverse."""
-    compiled = kiln.compile(dup_mul, backend="aot_eager")
+    compiled = kiln.compile(dup_mul, backend=backend)
     a, b = Gen(0).randn(3, rg=True), Gen(1).randn(3, rg=True)
     for args in [(a, a), (a, b)] if first_dup else [(a, b), (a, a)]:
         expected, actual = dup_mul(*args), compiled(*args)

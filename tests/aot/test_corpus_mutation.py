@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.aot.aot_helpers import (
+    COMPILE_BACKENDS,
     Gen,
     Inputs,
     aot_params,
@@ -365,8 +366,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("c", compile_params(CASES))
-def test_compile(c):
-    check_compile(c)
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
+def test_compile(backend, c):
+    check_compile(c, backend)
 
 
 @pytest.mark.parametrize("c", aot_params(CASES))

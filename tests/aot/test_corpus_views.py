@@ -9,6 +9,7 @@ import torch
 import kiln
 import kiln.aot
 from tests.aot.aot_helpers import (
+    COMPILE_BACKENDS,
     Gen,
     Inputs,
     aot_params,
@@ -277,8 +278,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("c", compile_params(CASES))
-def test_compile(c):
-    check_compile(c)
+@pytest.mark.parametrize("backend", COMPILE_BACKENDS)
+def test_compile(backend, c):
+    check_compile(c, backend)
 
 
 @pytest.mark.parametrize("c", aot_params(CASES))
@@ -292,12 +294,12 @@ def _scale_view(x):
     return x.view(-1), x * 2
 
 
-@pytest.mark.parametrize("path", ["compile", "aot_function"])
+@pytest.mark.parametrize("path", [*COMPILE_BACKENDS, "aot_function"])
 def test_inplace_on_aliased_output_with_grad(path):
     """An output that is a view of a non-leaf input, updated in place in grad mode after the
     call: the input sees the write and gradients flow through it, as in eager."""
-    fn = (kiln.compile(_scale_view, backend="aot_eager") if path == "compile"
-          else kiln.aot.aot_function(_scale_view, kiln.aot.nop))
+    fn = (kiln.aot.aot_function(_scale_view, kiln.aot.nop) if path == "aot_function"
+          else kiln.compile(_scale_view, backend=path))
     results = []
     for f in (_scale_view, fn):
         g = Gen(0)
