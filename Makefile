@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-aot-everywhere lint bench clean
+.PHONY: demo test test-aot-everywhere test-kiln-everywhere lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(VENV)/.installed
 # the capture corpora, seeds and models with every counted graph run through AOT autograd
 test-aot-everywhere: $(VENV)/.installed
 	$(PY) -m pytest -q tests/capture tests/seeds tests/models -p tests.plugins.aot_everywhere
+
+# the same with every counted graph run through backend "kiln" (AOT autograd + C++ codegen)
+test-kiln-everywhere: $(VENV)/.installed
+	$(PY) -m pytest -q tests/capture tests/seeds tests/models -p tests.plugins.kiln_everywhere
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check kiln tests benchmarks examples

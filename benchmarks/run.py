@@ -27,6 +27,10 @@ Benchmarks (``--only NAME``, repeatable):
   mul, a residual chain, sum/mean/var over either dimension), forward and backward, kiln
   (default backend) against ``torch.compile(backend="inductor")``, and the share of the
   machine's copy bandwidth kiln reaches (benchmarks/kernels.py). Not in the default set.
+* ``codegen_train`` -- a GPT-2-block training step, eager vs inductor vs kiln's default backend
+  (target: kiln faster than eager); ``cold_compile`` -- compile to the first forward+backward
+  result of that block with empty caches (target: kiln <= 0.2x torch.compile's time)
+  (benchmarks/codegen.py). Not in the default set.
 
 Prints a table and writes every figure, with the min and the median over rounds and the
 machine's description, to ``benchmarks/results/<name>-<date>.csv`` (``--name`` defaults to
@@ -55,7 +59,7 @@ from typing import Any
 import torch
 
 import kiln
-from benchmarks import kernels, models, training
+from benchmarks import codegen, kernels, models, training
 from benchmarks.timing import (
     EAGER,
     KILN,
@@ -313,8 +317,11 @@ BENCHMARKS: dict[str, Callable[[Settings], list[Row]]] = {
     "dynamic": bench_dynamic,
     "train": training.bench_train,
     "kernels": kernels.bench_kernels,
+    "codegen_train": codegen.bench_codegen_train,
+    "cold_compile": codegen.bench_cold_compile,
 }
-OPT_IN = {"kernels"}  # run only when named with --only (minutes of inductor compiles)
+# run only when named with --only (minutes of inductor compiles)
+OPT_IN = {"kernels", "codegen_train", "cold_compile"}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -364,12 +364,25 @@ def compute_just_in_time(backward: torch.fx.GraphModule) -> torch.fx.GraphModule
     return backward
 
 
+REDUCTIONS = {aten.sum, aten.mean, aten.amax, aten.amin, aten.prod, aten.argmax, aten.argmin,
+              aten.max, aten.min}
+
+
+def _is_reduction(node: torch.fx.Node) -> bool:
+    return getattr(node.target, "overloadpacket", None) in REDUCTIONS and \
+        node.target not in (aten.max.other, aten.min.other)
+
+
 def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
                                         _joint_inputs: Any = None, *, num_fwd_outputs: int,
-                                        **_: Any
+                                        recompute_reductions: bool = True, **_: Any
                                         ) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
     """Split ``joint_module`` saving the least memory (see the module docstring); the same
-    contract as :func:`kiln.aot.partition.default_partition`."""
+    contract as :func:`kiln.aot.partition.default_partition`. With
+    ``recompute_reductions=False`` (what the ``"kiln"`` backend asks, as torch's
+    ``ban_recompute_reductions`` does for inductor) the backward never recomputes a reduction
+    of the forward: on decomposed graphs, a softmax's backward then reads the saved output
+    instead of computing the softmax again."""
     joint = joint_module
     if any(n.target is aten.native_dropout.default for n in joint.graph.nodes):
         joint = _copy(joint_module)
@@ -379,10 +392,13 @@ def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
     backward_only = tangent_closure(joint)
     needed_by_forward = ancestors(fwd_outputs)
     mutated = mutated_primals(joint, _joint_inputs)
+    def recomputable(n: torch.fx.Node) -> bool:
+        return is_cheap(n) and (recompute_reductions or not _is_reduction(n))
+
     banned = {n for n in joint.graph.nodes if n.op != "output"
               and n not in backward_only
               and (is_primal(n) or is_random(n) or _has_side_effects(n)
-                   or (n in needed_by_forward and not is_cheap(n)))}
+                   or (n in needed_by_forward and not recomputable(n)))}
     while True:
         saved = choose_saved(joint, num_fwd_outputs, banned, mutated)
         if saved is None:
@@ -392,7 +408,7 @@ def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
         backward = ancestors(grads, stop=saved | tangents)
         saved &= backward  # (a zero-cost edge may be cut without being needed)
         forward = ancestors([*fwd_outputs, *saved])
-        computed_twice = {n for n in (backward - saved) & forward if not is_cheap(n)}
+        computed_twice = {n for n in (backward - saved) & forward if not recomputable(n)}
         if not computed_twice:
             break
         banned |= computed_twice

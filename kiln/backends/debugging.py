@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,8 +31,10 @@ def kiln_backend(gm: torch.fx.GraphModule, example_inputs: list[Any],
     from kiln.codegen.compile_graph import compile_graph
     from kiln.codegen.decompositions import decomposition_table
 
-    return _aot(gm, example_inputs, min_cut_rematerialization_partition,
-                compiler=compile_graph, decompositions=decomposition_table(), **kwargs)
+    partition = functools.partial(min_cut_rematerialization_partition,
+                                  recompute_reductions=False)
+    return _aot(gm, example_inputs, partition, compiler=compile_graph,
+                decompositions=decomposition_table(), **kwargs)
 
 
 def _aot(gm: torch.fx.GraphModule, example_inputs: list[Any], partition_fn: Any,

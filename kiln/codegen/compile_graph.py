@@ -19,10 +19,11 @@ from typing import Any
 import torch
 import torch.fx
 
-from kiln import logs
-from kiln.codegen import cpp, cpp_compiler
+from kiln import config, logs
+from kiln.codegen import cpp
+from kiln.codegen.async_compile import AsyncCompile
 from kiln.codegen.cpp_prelude import prelude
-from kiln.codegen.ir import Buffer, ExternCall
+from kiln.codegen.ir import Buffer, ExternCall, InputBuffer
 from kiln.codegen.lowering import lower
 from kiln.codegen.scheduler import Kernel, schedule
 from kiln.codegen.wrapper import WrapperWriter
@@ -43,6 +44,29 @@ class CompiledGraph:
     fallback_ops: list[str]
 
 
+KERNELS_PER_SOURCE = 6  # fewer: the compiler's start-up dominates; more: less parallelism
+
+
+def _split(kernels: list[cpp.KernelSource]) -> list[list[cpp.KernelSource]]:
+    """The kernels in up to ``compile_threads`` sources compiled side by side (one source
+    when there are few)."""
+    if not kernels:
+        return []
+    n = max(1, min(config.compile_threads, -(-len(kernels) // KERNELS_PER_SOURCE)))
+    size = -(-len(kernels) // n)
+    return [kernels[i:i + size] for i in range(0, len(kernels), size)]
+
+
+def _outputs_alias(lowered: Any) -> bool:
+    storages: dict[str, int] = {}
+    for out in lowered.outputs:
+        if isinstance(out, Buffer):
+            if isinstance(out.storage, InputBuffer) or out.storage.name.startswith("const"):
+                return True
+            storages[out.storage.name] = storages.get(out.storage.name, 0) + 1
+    return any(n > 1 for n in storages.values())
+
+
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
     """``gm`` compiled to C++ kernels and a wrapper; a boxed callable (``call(args)``)."""
     started = time.perf_counter()
@@ -52,9 +76,18 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callab
         log.info("kiln: a graph on %s runs op by op (no code generation for it yet)",
                  lowered.device)
         return python_function(gm)
+    if _outputs_alias(lowered):
+        # an output that is an input, or a view of one or of another output: eager's view
+        # ops give each such output its own tensor object and view metadata, which the AOT
+        # runtime relies on; the aten ops of the graph give exactly that
+        from kiln.aot.python_runner import python_function
+        log.debug("kiln: a graph whose outputs alias its inputs or each other runs op by op")
+        counters["codegen"]["graphs_run_by_aten"] += 1
+        return python_function(gm)
     sched = schedule(lowered)
     dtypes: dict[str, torch.dtype] = {inp.name: inp.dtype for inp in lowered.inputs
                                       if isinstance(inp, Buffer)}
+    dtypes.update((name, t.dtype) for name, t in lowered.constants.items())
     for step in lowered.steps:
         if isinstance(step, ExternCall):
             dtypes.update((b.name, b.dtype) for b in step.output_buffers())
@@ -64,16 +97,18 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callab
     sources = {k.name: cpp.generate_kernel(k, dtypes) for k in kernels}
     writer = WrapperWriter(sched, sources)
     wrapper = writer.generate()
+    chunks = _split(list(sources.values()))
+    libraries = AsyncCompile().compile_many(
+        prelude() + "\n" + "\n".join(k.source for k in chunk) for chunk in chunks)
+    library_of = {k.name: lib for chunk, lib in zip(chunks, libraries) for k in chunk}
     cpp_source = prelude() + "\n" + "\n".join(s.source for s in sources.values())
     namespace: dict[str, Any] = dict(wrapper.globals)
     namespace["threads"] = torch.get_num_threads
-    if sources:
-        library = cpp_compiler.compile_cpp(cpp_source)
-        for name, value in list(namespace.items()):
-            if isinstance(value, cpp.KernelSource):
-                argtypes = [ctypes.c_void_p] * len(value.pointers) + \
-                    [ctypes.c_int64] * len(value.sizes) + [ctypes.c_int]
-                namespace[name] = library.function(value.name, argtypes)
+    for name, value in list(namespace.items()):
+        if isinstance(value, cpp.KernelSource):
+            argtypes = [ctypes.c_void_p] * len(value.pointers) + \
+                [ctypes.c_int64] * len(value.sizes) + [ctypes.c_int]
+            namespace[name] = library_of[value.name].function(value.name, argtypes)
     exec(compile(wrapper.source, f"<kiln wrapper {id(gm):x}>", "exec"), namespace)
     call = namespace["call"]
     call._boxed_call = True

@@ -99,10 +99,16 @@ def _float_fn(name: str, dtype: torch.dtype) -> str:
 
 
 def constant(value: Any, dtype: torch.dtype) -> str:
+    """A Python number as a C literal of ``dtype``. A float32 literal is the double rounded
+    to float32 first, as eager converts a scalar (a decimal read straight as float could
+    round to the other neighbour); the most negative int64 is written as an expression
+    (its literal would not fit a signed type)."""
     if dtype == torch.bool:
         return "true" if value else "false"
     if dtype.is_floating_point:
         v = float(value)
+        if dtype != torch.float64:
+            v = torch.tensor(v, dtype=torch.float64).to(torch.float32).item()
         t = ctype(dtype)
         if math.isnan(v):
             return f"std::numeric_limits<{t}>::quiet_NaN()"
@@ -113,6 +119,8 @@ def constant(value: Any, dtype: torch.dtype) -> str:
             text += ".0"
         return text + ("f" if dtype == torch.float32 else "")
     v = int(value)
+    if v == -2**63:
+        return f"(({ctype(dtype)})(-9223372036854775807LL - 1))"
     return f"(({ctype(dtype)}){v}{'LL' if abs(v) > 2**31 - 1 else ''})"
 
 
@@ -134,7 +142,14 @@ BINARY = {
     "maximum": "kiln_maximum({0}, {1})", "minimum": "kiln_minimum({0}, {1})",
     "clamp_min": "kiln_maximum({0}, {1})", "clamp_max": "kiln_minimum({0}, {1})",
     "remainder": "kiln_remainder({0}, {1})", "floordiv": "kiln_floordiv({0}, {1})",
+    "powi": "kiln_powi({0}, {1})",
 }
+# Signed overflow is undefined in C++ and gcc folds on that assumption (``x + 1 > x`` becomes
+# true), where eager wraps around: int32/int64 arithmetic is done on the unsigned type, whose
+# overflow wraps, and converted back. (int8/int16 operands are promoted to int, which cannot
+# overflow on add, sub or mul of two of them.)
+WRAPPING = {torch.int32: "uint32_t", torch.int64: "uint64_t"}
+WRAPPING_BINARY = {"add": "+", "sub": "-", "mul": "*"}
 
 
 class BodyWriter:
@@ -190,6 +205,11 @@ class BodyWriter:
                     f"kiln_bf16_to_float(kiln_float_to_bf16({args[0]}))")
         elif v.op == "where":
             expr = f"({args[0]} ? {args[1]} : {args[2]})"
+        elif v.op in WRAPPING_BINARY and v.dtype in WRAPPING:
+            u = WRAPPING[v.dtype]
+            expr = f"(({t})(({u}){args[0]} {WRAPPING_BINARY[v.op]} ({u}){args[1]}))"
+        elif v.op == "neg" and v.dtype in WRAPPING:
+            expr = f"(({t})(-({WRAPPING[v.dtype]}){args[0]}))"
         elif v.op in UNARY:
             expr = UNARY[v.op].format(*args, t=t)
         elif v.op in FLOAT_UNARY:
@@ -199,8 +219,12 @@ class BodyWriter:
         elif v.op == "sigmoid":
             expr = f"(({t})1 / (({t})1 + {_float_fn('exp', v.dtype)}(-{args[0]})))"
         elif v.op == "abs":
-            expr = (f"{_float_fn('fabs', v.dtype)}({args[0]})" if v.dtype.is_floating_point
-                    else f"({args[0]} < 0 ? -{args[0]} : {args[0]})")
+            if v.dtype.is_floating_point:
+                expr = f"{_float_fn('fabs', v.dtype)}({args[0]})"
+            elif v.dtype in WRAPPING:  # abs(INT_MIN) is INT_MIN in eager
+                expr = f"({args[0]} < 0 ? ({t})(-({WRAPPING[v.dtype]}){args[0]}) : {args[0]})"
+            else:
+                expr = f"({args[0]} < 0 ? ({t})-{args[0]} : {args[0]})"
         elif v.op == "round":
             expr = f"{_float_fn('nearbyint', v.dtype)}({args[0]})"
         elif v.op == "isinf":
@@ -243,6 +267,16 @@ def _reduction_init(kind: str, dtype: torch.dtype) -> str:
                 f"std::numeric_limits<{t}>::lowest()")
     return (f"std::numeric_limits<{t}>::infinity()" if dtype.is_floating_point else
             f"std::numeric_limits<{t}>::max()")
+
+
+def row_acc_dtype(body: Reduction) -> torch.dtype:
+    """What a row reduction accumulates in: float32 sums stay in float32 there (each SIMD
+    lane sums a strided subset and the lanes are added at the end, a pairwise-like order as
+    accurate as eager's, at twice the speed of double); column reductions, which add one
+    value per row in sequence, keep the IR's double."""
+    if body.acc_dtype == torch.float64 and ir.compute_dtype(body.dtype) == torch.float32:
+        return torch.float32
+    return body.acc_dtype
 
 
 class KernelWriter:
@@ -435,12 +469,12 @@ class KernelWriter:
             body: Reduction = m.buffer.body
             acc = self.tmp()
             kind = body.reduction_type
-            t = ctype(body.acc_dtype)
-            lines.append(f"{indent}{t} {acc} = {_reduction_init(kind, body.acc_dtype)};")
+            t = ctype(row_acc_dtype(body))
+            lines.append(f"{indent}{t} {acc} = {_reduction_init(kind, row_acc_dtype(body))};")
             nan = idx = None
-            if kind in ("max", "min") and body.acc_dtype.is_floating_point:
+            if kind in ("max", "min") and row_acc_dtype(body).is_floating_point:
                 nan = self.tmp()
-                lines.append(f"{indent}bool {nan} = false;")
+                lines.append(f"{indent}int {nan} = 0;")  # a bool reduction stops vectorizing
                 clauses.append(f"reduction(|:{nan})")
             if kind.startswith("arg"):
                 idx = self.tmp()
@@ -463,9 +497,9 @@ class KernelWriter:
             v = w.emit(self.kernel.value(m))
             kind = body.reduction_type
             if kind == "sum":
-                w.line(f"{acc} += ({ctype(body.acc_dtype)})({v});")
+                w.line(f"{acc} += ({ctype(row_acc_dtype(body))})({v});")
             elif kind == "prod":
-                w.line(f"{acc} *= ({ctype(body.acc_dtype)})({v});")
+                w.line(f"{acc} *= ({ctype(row_acc_dtype(body))})({v});")
             elif kind in ("max", "min"):
                 op = ">" if kind == "max" else "<"
                 w.line(f"{acc} = ({v} {op} {acc}) ? {v} : {acc};")
@@ -484,8 +518,8 @@ class KernelWriter:
             if idx is not None:
                 result = idx
             elif nan:
-                result = f"({nan} ? std::numeric_limits<{ctype(body.acc_dtype)}>::quiet_NaN()" \
-                         f" : {acc})"
+                limits = f"std::numeric_limits<{ctype(row_acc_dtype(body))}>"
+                result = f"({nan} ? {limits}::quiet_NaN() : {acc})"
             else:
                 result = acc
             name = self.tmp()
@@ -568,7 +602,7 @@ class KernelWriter:
                          f"{_reduction_init(body.reduction_type, body.acc_dtype)};")
             if body.reduction_type in ("max", "min") and body.acc_dtype.is_floating_point:
                 nan = self.tmp()
-                lines.append(f"{ind}bool {nan}[{tile}] = {{}};")
+                lines.append(f"{ind}int {nan}[{tile}] = {{}};")
             accs.append((m, acc, nan))
         lines.append(f"{ind}for (int64_t x0 = 0; x0 < {rows}; x0++) {{")
         lines.append(f"{ind}    #pragma omp simd")

@@ -37,6 +37,7 @@ INCLUDES = """#include <cmath>
 #include <cstring>
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 """
 
 PRELUDE_BODY = r"""
@@ -72,6 +73,24 @@ template <typename T> static inline T kiln_floordiv(T a, T b) {
         return f;
     }
     return std::copysign(T(0), a / b);
+}
+template <typename T> static inline T kiln_powi(T a, T b) {
+    // c10::powi: integer powers by squaring, wrapping on overflow (on the unsigned type,
+    // whose overflow is defined); negative exponents give 0 except for bases 1 and -1
+    if (b < 0) {
+        if (a == 1) return 1;
+        if (a == -1) return (b % 2) ? (T)-1 : (T)1;
+        return 0;
+    }
+    using U = std::conditional_t<(sizeof(T) < sizeof(unsigned)), unsigned,
+                                 std::make_unsigned_t<T>>;  // no promotion to signed int
+    U result = 1, base = (U)a;
+    while (b) {
+        if (b & 1) result *= base;
+        b /= 2;
+        base *= base;
+    }
+    return (T)result;
 }
 template <typename T> static inline T kiln_sign(T a) {
     return (T)((T(0) < a) - (a < T(0)));

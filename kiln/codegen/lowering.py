@@ -50,6 +50,12 @@ SUPPORTED_DTYPES = frozenset({
 })
 
 
+EXPENSIVE_OPS = frozenset({
+    "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "tan", "asin",
+    "acos", "atan", "sinh", "cosh", "tanh", "sigmoid", "erf", "erfc", "pow", "atan2",
+})
+
+
 class NoLowering(Exception):
     """This call of an op is not lowered (an unsupported dtype, argument or form): it runs
     as an aten call instead."""
@@ -90,6 +96,7 @@ class LoweredGraph:
     outputs: list[Any]
     symbols: dict[sympy.Symbol, str]
     device: torch.device
+    constants: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def meta_of(node: Any) -> Any:
@@ -109,6 +116,7 @@ class GraphLowering:
         self.node: torch.fx.Node | None = None
         self.extern_count = 0
         self.fallback_ops: list[str] = []
+        self.constants: dict[str, torch.Tensor] = {}
 
     # --- names and buffers ---------------------------------------------------------------------
 
@@ -172,13 +180,27 @@ class GraphLowering:
             elif node.op == "call_function":
                 self.env[node] = self._call(node)
             elif node.op == "get_attr":
-                raise NoLowering(f"get_attr {node.target}")
+                self.env[node] = self._constant(node)
             elif node.op == "output":
                 result = node.args[0]
                 flat = result if isinstance(result, (list, tuple)) else [result]
                 outputs = [self._output(v) for v in flat]
         return LoweredGraph(self.steps, inputs, outputs, self.symbols,
-                            device or torch.device("cpu"))
+                            device or torch.device("cpu"), self.constants)
+
+    def _constant(self, node: torch.fx.Node) -> Any:
+        """A tensor the graph holds (a lifted constant): a buffer the wrapper reads from a
+        global."""
+        value: Any = self.gm
+        for part in str(node.target).split("."):
+            value = getattr(value, part)
+        if not isinstance(value, torch.Tensor):
+            return value
+        name = self.name("const")
+        self.constants[name] = value
+        buf = ExternOutput(name, value.dtype, Layout.of(value, ir.sym(value.storage_offset())))
+        self.fake_offsets[name] = value.storage_offset()
+        return buf
 
     def _placeholder(self, node: torch.fx.Node, position: int) -> Any:
         val = meta_of(node)
@@ -248,14 +270,17 @@ class GraphLowering:
 
     def _should_realize(self, node: torch.fx.Node, value: Pointwise) -> bool:
         """Pointwise values are inlined into each consumer; one read many times is kept in
-        memory instead when recomputing it would cost more than the reads (a large body)."""
+        memory instead when it is in memory anyway (a graph output) or when recomputing it
+        would cost more than the reads (a large body: transcendental functions count ten)."""
         users = len(node.users)
         if users <= 1:
             return False
+        if any(u.op == "output" for u in node.users):
+            return True
         body = ir.walk(value.inner([sympy.Symbol(f"i{d}") for d in range(value.ndim)]))
-        n_ops = len(body)
+        cost = sum(10 if v.op in EXPENSIVE_OPS else 1 for v in body)
         n_loads = sum(v.op == "load" for v in body)
-        return n_ops * (users - 1) > 60 or n_loads > 8
+        return cost * (users - 1) > 60 or n_loads > 8
 
     def extern(self, node: torch.fx.Node, target: Any, args: Any, kwargs: Any) -> Any:
         """``target`` called by the wrapper on realized inputs; outputs with the node's

@@ -84,24 +84,55 @@ def _promotion_arg(node_arg: Any, lowered: Any) -> Any:
     return lowered
 
 
+def _is_scalar(a: Any) -> bool:
+    """Whether eager's TensorIterator sees ``a`` as a scalar operand (one element)."""
+    return not isinstance(a, TensorIR) or all(s == 1 for s in a.size)
+
+
+def _rounded_scalar(a: Any, dtype: torch.dtype) -> Any:
+    """Python number ``a`` converted to ``dtype`` the way eager converts a wrapped scalar
+    (through a float64 tensor)."""
+    if isinstance(a, (bool, int, float)):
+        return torch.tensor(a, dtype=torch.float64).to(dtype).item()
+    return a
+
+
 def pointwise(node: Any, fn: Any, operands: Sequence[Any], kind: Promotion,
-              node_operands: Sequence[Any] | None = None) -> Pointwise:
+              node_operands: Sequence[Any] | None = None,
+              exact_scalar: bool = False) -> Pointwise:
     """``fn(*values)`` elementwise over ``operands`` (TensorIRs and scalars), with eager's
-    type promotion of ``kind``; the result in the node's dtype."""
+    type promotion of ``kind``; the result in the node's dtype.
+
+    Where the promoted dtype is float16/bfloat16, eager's TensorIterator casts every operand
+    of another dtype (an integer tensor, a 0-d float64 tensor, a Python scalar) to it before
+    its kernel computes in float32, so such operands are rounded to it here too; except for a
+    scalar second operand of the ops whose kernels read the scalar's original value
+    (``exact_scalar``: mul, div, floor_divide)."""
     node_operands = node.args[:len(operands)] if node_operands is None else node_operands
     promo = [_promotion_arg(n, a) for n, a in zip(node_operands, operands)]
     tensors = [p for p in promo if isinstance(p, torch.Tensor)]
     if not tensors:
         raise NoLowering("no tensor operand")
-    compute, _ = elementwise_dtypes(*promo, type_promotion_kind=kind)
+    compute, common = elementwise_dtypes(*promo, type_promotion_kind=kind)
     result_dtype = meta_of(node).dtype
     size = out_size(node)
     loaders = [broadcast(a, size) if isinstance(a, TensorIR) else a for a in operands]
     cdt = ir.compute_dtype(compute)
+    rounds = [common in ir.LOW_PRECISION and
+              (not isinstance(a, TensorIR) or a.dtype != common) and
+              not (exact_scalar and i == 1 and _is_scalar(a)) for i, a in enumerate(operands)]
+    loaders = [_rounded_scalar(ld, common) if r and not callable(ld) else ld
+               for ld, r in zip(loaders, rounds)]
+
+    def operand(ld: Any, rounded: bool, index: Index) -> Value:
+        if not callable(ld):
+            v = scalar_operand(ld, cdt)
+            return ops.round_to(v, common) if rounded and v.op != "constant" else v
+        v = ops.to_dtype(ld(index), cdt)
+        return ops.round_to(v, common) if rounded else v
 
     def inner(index: Index) -> Value:
-        values = [ops.to_dtype(ld(index), cdt) if callable(ld) else scalar_operand(ld, cdt)
-                  for ld in loaders]
+        values = [operand(ld, r, index) for ld, r in zip(loaders, rounds)]
         return ops.to_dtype(fn(*values), ir.compute_dtype(result_dtype)) \
             if result_dtype not in ir.LOW_PRECISION else ops.to_dtype(fn(*values), torch.float32)
     return Pointwise(result_dtype, size, memoized(inner))
@@ -145,6 +176,9 @@ for _n in UNARY_SAME:
 def lower_round(ctx: GraphLowering, node: Any, x: Any, **kwargs: Any) -> Pointwise:
     if kwargs.get("decimals", 0):
         raise NoLowering("round with decimals")
+    if not meta_of(node).dtype.is_floating_point:
+        # the identity, as eager's (through nearbyint, an int64 above 2**53 would change)
+        return pointwise(node, lambda v: v, [x], Promotion.DEFAULT)
     return pointwise(node, simple("round", Promotion.DEFAULT), [x], Promotion.DEFAULT)
 
 
@@ -201,6 +235,10 @@ def _add_like(name: str) -> None:
     @register(getattr(aten, name))
     def lower(ctx: GraphLowering, node: Any, a: Any, b: Any, alpha: Any = 1) -> Pointwise:
         if meta_of(node).dtype == torch.bool:
+            # eager adds bools as bools: a + alpha * b is a or (bool(alpha) and b)
+            if name == "add" and isinstance(alpha, (bool, int)):
+                return pointwise(node, simple("logical_or", Promotion.DEFAULT, True) if alpha
+                                 else lambda x, y: x, [a, b], Promotion.DEFAULT)
             raise NoLowering(f"boolean {name}")
 
         def fn(x: Value, y: Value) -> Value:
@@ -219,7 +257,8 @@ def lower_mul(ctx: GraphLowering, node: Any, a: Any, b: Any) -> Pointwise:
     if meta_of(node).dtype == torch.bool:
         return pointwise(node, lambda x, y: ops.op("logical_and", x, y, dtype=torch.bool),
                          [a, b], Promotion.DEFAULT)
-    return pointwise(node, simple("mul", Promotion.DEFAULT), [a, b], Promotion.DEFAULT)
+    return pointwise(node, simple("mul", Promotion.DEFAULT), [a, b], Promotion.DEFAULT,
+                     exact_scalar=True)
 
 
 @register(aten.div)
@@ -227,11 +266,12 @@ def lower_div(ctx: GraphLowering, node: Any, a: Any, b: Any, *,
               rounding_mode: str | None = None) -> Pointwise:
     if rounding_mode is None:
         return pointwise(node, simple("truediv", Promotion.INT_TO_FLOAT), [a, b],
-                         Promotion.INT_TO_FLOAT)
+                         Promotion.INT_TO_FLOAT, exact_scalar=True)
     if not meta_of(node).dtype.is_floating_point:
         raise NoLowering("integer division (eager raises on division by zero)")
     op = "floordiv" if rounding_mode == "floor" else "truncdiv"
-    return pointwise(node, simple(op, Promotion.DEFAULT), [a, b], Promotion.DEFAULT)
+    return pointwise(node, simple(op, Promotion.DEFAULT), [a, b], Promotion.DEFAULT,
+                     exact_scalar=True)
 
 
 @register(aten.remainder, aten.fmod, aten.floor_divide)
@@ -240,24 +280,36 @@ def lower_remainder(ctx: GraphLowering, node: Any, a: Any, b: Any) -> Pointwise:
         raise NoLowering("integer remainder (eager raises on division by zero)")
     name = {"remainder": "remainder", "fmod": "fmod",
             "floor_divide": "floordiv"}[node.target.overloadpacket.__name__]
-    return pointwise(node, simple(name, Promotion.DEFAULT), [a, b], Promotion.DEFAULT)
+    return pointwise(node, simple(name, Promotion.DEFAULT), [a, b], Promotion.DEFAULT,
+                     exact_scalar=name == "floordiv")
 
 
 @register(aten.pow)
 def lower_pow(ctx: GraphLowering, node: Any, a: Any, b: Any) -> Pointwise:
+    """Floating pow is C's; integer pow is c10's ``powi`` (squaring, wrapping on overflow,
+    0 for negative exponents of bases other than 1 and -1)."""
     dtype = meta_of(node).dtype
-    if not dtype.is_floating_point:
-        raise NoLowering("integer pow")
     if isinstance(b, (int, float)) and not isinstance(b, bool) and isinstance(a, TensorIR):
         if b == 2:
             return pointwise(node, lambda x: ops.op("mul", x, x), [a], Promotion.BOOL_TO_LONG,
                              node_operands=[node.args[0]])
+        if b == 3:
+            return pointwise(node, lambda x: ops.op("mul", ops.op("mul", x, x), x), [a],
+                             Promotion.BOOL_TO_LONG, node_operands=[node.args[0]])
+        if b == -0.5:
+            return pointwise(node, simple("rsqrt", Promotion.DEFAULT), [a],
+                             Promotion.BOOL_TO_LONG, node_operands=[node.args[0]])
         if b == 0.5:
             return pointwise(node, simple("sqrt", Promotion.DEFAULT), [a],
                              Promotion.BOOL_TO_LONG, node_operands=[node.args[0]])
         if b == 1:
             return pointwise(node, lambda x: x, [a], Promotion.BOOL_TO_LONG,
                              node_operands=[node.args[0]])
+    if not dtype.is_floating_point:
+        if dtype == torch.bool:
+            raise NoLowering("boolean pow")
+        return pointwise(node, simple("powi", Promotion.BOOL_TO_LONG), [a, b],
+                         Promotion.BOOL_TO_LONG)
     return pointwise(node, simple("pow", Promotion.BOOL_TO_LONG), [a, b], Promotion.BOOL_TO_LONG)
 
 
@@ -484,6 +536,8 @@ def lower_slice(ctx: GraphLowering, node: Any, x: Any, dim: int = 0, start: Any 
           aten._reshape_alias)
 def lower_view(ctx: GraphLowering, node: Any, x: Any, *args: Any, **kwargs: Any) -> TensorIR:
     meta = meta_of(node)
+    if meta.dtype != x.dtype:
+        raise NoLowering("a view as another dtype")  # the same bytes read as another type
     if isinstance(x, Pointwise):
         if node.target.overloadpacket in (aten.view, aten.alias) and \
                 [s for s in x.size if s != 1] == [ir.sym(s) for s in meta.shape if s != 1]:
@@ -518,7 +572,8 @@ def _reduce(ctx: GraphLowering, node: Any, x: TensorIR, dims: Any, keepdim: bool
             ) -> Buffer:
     meta = meta if meta is not None else meta_of(node)
     ndim = x.ndim
-    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+    if ndim == 0 or dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        # (a 0-d tensor's dim 0 or -1 is no dim: the reduction is its one element)
         reduced = tuple(range(ndim))
     else:
         dims = [dims] if isinstance(dims, int) else dims
@@ -530,7 +585,8 @@ def _reduce(ctx: GraphLowering, node: Any, x: TensorIR, dims: Any, keepdim: bool
         return _trivial_reduction(x, reduced, meta, reduction_type)
     if reduction_type in ("sum", "prod"):
         acc = _acc_dtype(reduction_type, out_dtype)
-        cdt = acc
+        # the values in the output's compute dtype; the kernel widens them to its accumulator
+        cdt = ir.compute_dtype(out_dtype) if out_dtype.is_floating_point else acc
     else:
         acc = _acc_dtype(reduction_type, src)
         cdt = ir.compute_dtype(src)
@@ -588,8 +644,8 @@ def lower_amax(ctx: GraphLowering, node: Any, x: Any, dims: Any = (),
 def lower_argmax(ctx: GraphLowering, node: Any, x: Any, dim: Any = None,
                  keepdim: bool = False) -> Buffer:
     kind = node.target.overloadpacket.__name__
-    if x.ndim == 0:
-        raise NoLowering("argmax of a 0-d tensor")
+    if x.ndim == 0:  # the index of its one element
+        return Pointwise(torch.int64, out_size(node), lambda index: ops.constant(0, torch.int64))
     return _reduce(ctx, node, x, dim, keepdim, kind, src_dtype=x.dtype)
 
 

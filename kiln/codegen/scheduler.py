@@ -129,20 +129,27 @@ class Scheduler:
     # --- fusion -------------------------------------------------------------------------------
 
     def _place(self, buf: ComputedBuffer) -> None:
+        """Into the latest kernel holding something ``buf`` reads, else the latest one that
+        reads what ``buf`` reads (one pass over shared inputs), else a kernel of its own."""
         reads = {name for name, _ in ir.loads(self._probe(buf))}
-        for position in range(len(self.steps) - 1, -1, -1):
-            kernel = self.steps[position]
-            if not isinstance(kernel, Kernel):
-                continue
-            kind = self._kind_in(kernel, buf)
-            if kind is None:
-                continue
-            members = {m.buffer.name for m in kernel.members}
-            if not (reads & members) and not self._shares_inputs(kernel, reads):
-                continue
-            if self._can_join(kernel, position, buf, kind, reads):
-                self._join(kernel, position, buf, kind)
-                return
+        for horizontal in (False, True):
+            for position in range(len(self.steps) - 1, -1, -1):
+                kernel = self.steps[position]
+                if not isinstance(kernel, Kernel):
+                    continue
+                kind = self._kind_in(kernel, buf)
+                if kind is None:
+                    continue
+                members = {m.buffer.name for m in kernel.members}
+                if horizontal:
+                    if not self._shares_inputs(kernel, reads) or \
+                            (kind == FULL and _leading_reduction(kernel)):
+                        continue  # a column reduction walks rows in tiles: poor for the rest
+                elif not reads & members:
+                    continue
+                if self._can_join(kernel, position, buf, kind, reads):
+                    self._join(kernel, position, buf, kind)
+                    return
         dims, rdims = space(buf)
         kernel = Kernel(f"kernel{self._kernels}", dims, rdims, [])
         self._kernels += 1
@@ -224,6 +231,10 @@ class Scheduler:
                 step.local = {m.buffer.name for m in step.members
                               if m.kind in (REDUCTION, OUTER)
                               and m.buffer.name not in read_elsewhere}
+
+
+def _leading_reduction(kernel: Kernel) -> bool:
+    return bool(kernel.rdims) and 0 in kernel.rdims and len(kernel.dims) > 1
 
 
 def schedule(graph: LoweredGraph) -> Schedule:

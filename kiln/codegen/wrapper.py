@@ -53,6 +53,12 @@ def pyexpr(e: Any) -> str:
     return f"({sympy.pycode(e)})"
 
 
+def _fresh_tensor(base: torch.Tensor, size: Any, stride: Any, offset: int) -> torch.Tensor:
+    """A tensor on ``base``'s memory that is not a view of it (no ``_base``)."""
+    return torch.empty(0, dtype=base.dtype, device=base.device).set_(
+        base.untyped_storage(), offset, size, stride)
+
+
 def _tuple(values: list[Any]) -> str:
     return "(" + "".join(pyexpr(v) + ", " for v in values) + ")"
 
@@ -69,7 +75,8 @@ class WrapperWriter:
         self.graph = schedule.graph
         self.kernels = kernels
         self.lines: list[str] = []
-        self.globals: dict[str, Any] = {"empty_strided": torch.empty_strided}
+        self.globals: dict[str, Any] = {"empty_strided": torch.empty_strided,
+                                        "fresh": _fresh_tensor}
         self.live: dict[str, str] = {}  # storage name -> python name
 
     def global_for(self, value: Any, hint: str) -> str:
@@ -115,6 +122,8 @@ class WrapperWriter:
         if names:
             self.line("".join(n + ", " for n in names) + "= args")
         self.line("args.clear()")
+        for name, value in g.constants.items():
+            self.line(f"{name} = {self.global_for(value, 'constant')}")
         for symbol, source in sorted(g.symbols.items(), key=lambda kv: kv[0].name):
             self.line(f"{symbol.name} = {source}")
         last_use = self._last_uses()
@@ -137,6 +146,14 @@ class WrapperWriter:
 
     def _output(self, o: Any) -> str:
         if isinstance(o, Buffer):
+            others = [x for x in self.graph.outputs if isinstance(x, Buffer) and x is not o
+                      and x.storage is o.storage]
+            if o.is_view() and not others and isinstance(o.storage, ComputedBuffer):
+                # the graph's own memory seen with another shape (x.reshape of a copy):
+                # a tensor of its own to autograd, as aten's _unsafe_view gives, not a view
+                lay = o.layout
+                return (f"fresh({o.storage.name}, {_tuple(lay.size)}, {_tuple(lay.stride)}, "
+                        f"{pyexpr(lay.offset)})")
             return self.ref(o)
         if isinstance(o, sympy.Basic):
             return pyexpr(o)
@@ -156,7 +173,7 @@ class WrapperWriter:
         keep = {o.storage.name for o in self.graph.outputs if isinstance(o, Buffer)}
         out: dict[int, list[str]] = {}
         for name, position in last.items():
-            if name not in keep and not name.startswith("arg"):
+            if name not in keep and not name.startswith(("arg", "const")):
                 out.setdefault(position, []).append(name)
         return out
 

@@ -63,7 +63,8 @@ def test_add_matches_torch_including_nan_and_inf(cache_dir):
 def test_command_flags():
     command = cpp_compiler.cpp_compile_command("k.cpp", "k.so", extra_flags=["-lm"])
     libs = ["-lmvec"] if cpp_compiler.libmvec_available() else []
-    assert command[1:] == ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17",
+    assert command[1:] == ["-O3", "-march=native", "-fopenmp", "-fno-math-errno",
+                           "-fno-trapping-math", "-shared", "-fPIC", "-std=c++17",
                            "k.cpp", "-o", "k.so", "-lm", *libs]
     assert "-ffast-math" not in command  # NaN and inf must behave as in eager
 
