@@ -393,7 +393,15 @@ def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
     needed_by_forward = ancestors(fwd_outputs)
     mutated = mutated_primals(joint, _joint_inputs)
     def recomputable(n: torch.fx.Node) -> bool:
-        return is_cheap(n) and (recompute_reductions or not _is_reduction(n))
+        if recompute_reductions:
+            return is_cheap(n)
+        # nor what a max/min reduces: its backward compares the value with the saved
+        # result, which a recomputation rounded differently (a vector exp in one graph, a
+        # scalar one in the other) would never equal, making the gradient 0/0
+        return is_cheap(n) and not _is_reduction(n) and not any(
+            _is_reduction(u) and u.target.overloadpacket not in (aten.sum, aten.mean,
+                                                                 aten.prod)
+            for u in n.users)
 
     banned = {n for n in joint.graph.nodes if n.op != "output"
               and n not in backward_only

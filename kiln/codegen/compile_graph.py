@@ -58,17 +58,35 @@ def _split(kernels: list[cpp.KernelSource]) -> list[list[cpp.KernelSource]]:
 
 
 def _outputs_alias(lowered: Any) -> bool:
+    """Whether an output is a view of an input or constant, or shares memory with another
+    output. (An input returned as it is, as AOT's forward returns what it saves for the
+    backward, is the same object the aten graph would return: fine.)"""
     storages: dict[str, int] = {}
     for out in lowered.outputs:
         if isinstance(out, Buffer):
-            if isinstance(out.storage, InputBuffer) or out.storage.name.startswith("const"):
+            if out.is_view() and (isinstance(out.storage, InputBuffer)
+                                  or out.storage.name.startswith("const")):
                 return True
-            storages[out.storage.name] = storages.get(out.storage.name, 0) + 1
+            if not isinstance(out, InputBuffer):
+                storages[out.storage.name] = storages.get(out.storage.name, 0) + 1
     return any(n > 1 for n in storages.values())
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
     """``gm`` compiled to C++ kernels and a wrapper; a boxed callable (``call(args)``)."""
+    try:
+        return _compile(gm)
+    except (NotImplementedError, RecursionError) as e:
+        # a form code generation does not handle yet (a symbolic size function it cannot
+        # print, a pointwise chain too deep to inline): the graph runs op by op, correctly
+        from kiln.aot.python_runner import python_function
+        log.warning("kiln: this graph runs op by op (no code generated): %s: %s",
+                    type(e).__name__, str(e)[:200])
+        counters["codegen"]["graphs_run_by_aten"] += 1
+        return python_function(gm)
+
+
+def _compile(gm: torch.fx.GraphModule) -> Callable[..., Any]:
     started = time.perf_counter()
     lowered, lowering = lower(gm)
     if lowered.device.type != "cpu":

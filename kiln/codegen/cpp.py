@@ -159,7 +159,9 @@ class BodyWriter:
         self.kw = kernel_writer
         self.indent = indent
         self.lines: list[str] = []
-        self.memo: dict[int, str] = {}
+        # keyed by id(): the Value is kept too, so no freed Value's id is reused for
+        # another (which would merge two different loads)
+        self.memo: dict[int, tuple[Value, str]] = {}
         self.cse: dict[tuple[Any, ...], str] = {}
         self.stored: dict[tuple[str, str], str] = {}
 
@@ -177,9 +179,9 @@ class BodyWriter:
 
     def emit(self, v: Value) -> str:
         if id(v) in self.memo:
-            return self.memo[id(v)]
+            return self.memo[id(v)][1]
         name = self._emit(v)
-        self.memo[id(v)] = name
+        self.memo[id(v)] = (v, name)
         return name
 
     def _emit(self, v: Value) -> str:
