@@ -61,7 +61,7 @@ class IndexPrinter:
         if e.is_Integer:
             return f"INT64_C({int(e)})" if abs(int(e)) > 2**31 - 1 else str(int(e))
         if e.is_Symbol:
-            if not e.name.startswith(("x", "r")) or e.name not in _LOOP_NAMES:
+            if e.name not in _LOOP_NAMES:
                 self.symbols.add(e)
             return e.name
         if isinstance(e, sympy.Add):
@@ -195,12 +195,7 @@ class BodyWriter:
             return self.define(("index", expr, v.dtype), v.dtype, f"({t})({expr})")
         args = [self.emit(a) if isinstance(a, Value) else a for a in v.args]
         if v.op == "to_dtype":
-            src = v.args[0].dtype
-            if v.dtype == torch.bool:
-                expr = f"({args[0]} != 0)"
-            else:
-                expr = f"({t})({args[0]})"
-            del src
+            expr = f"({args[0]} != 0)" if v.dtype == torch.bool else f"({t})({args[0]})"
         elif v.op == "round_to":
             target = args[1]
             expr = (f"(float)(_Float16)({args[0]})" if target == torch.float16 else
@@ -269,6 +264,18 @@ def _reduction_init(kind: str, dtype: torch.dtype) -> str:
                 f"std::numeric_limits<{t}>::lowest()")
     return (f"std::numeric_limits<{t}>::infinity()" if dtype.is_floating_point else
             f"std::numeric_limits<{t}>::max()")
+
+
+def _accumulate(w: BodyWriter, kind: str, acc_dtype: torch.dtype, acc: str, nan: str | None,
+                v: str) -> None:
+    """One step of a sum/prod/max/min reduction into ``acc`` (and the NaN flag ``nan``)."""
+    if kind in ("sum", "prod"):
+        w.line(f"{acc} {'+' if kind == 'sum' else '*'}= ({ctype(acc_dtype)})({v});")
+        return
+    op = ">" if kind == "max" else "<"
+    w.line(f"{acc} = ({v} {op} {acc}) ? {v} : {acc};")
+    if nan:
+        w.line(f"{nan} |= ({v} != {v});")
 
 
 def row_acc_dtype(body: Reduction) -> torch.dtype:
@@ -498,15 +505,8 @@ class KernelWriter:
             body = m.buffer.body
             v = w.emit(self.kernel.value(m))
             kind = body.reduction_type
-            if kind == "sum":
-                w.line(f"{acc} += ({ctype(row_acc_dtype(body))})({v});")
-            elif kind == "prod":
-                w.line(f"{acc} *= ({ctype(row_acc_dtype(body))})({v});")
-            elif kind in ("max", "min"):
-                op = ">" if kind == "max" else "<"
-                w.line(f"{acc} = ({v} {op} {acc}) ? {v} : {acc};")
-                if nan:
-                    w.line(f"{nan} |= ({v} != {v});")
+            if not kind.startswith("arg"):
+                _accumulate(w, kind, row_acc_dtype(body), acc, nan, v)
             else:
                 op = ">" if kind == "argmax" else "<"
                 flat = self.index(self._flat_reduced(m))
@@ -615,15 +615,7 @@ class KernelWriter:
             body = m.buffer.body
             v = w.emit(self.kernel.value(m))
             kind = body.reduction_type
-            if kind == "sum":
-                w.line(f"{acc}[j] += ({ctype(body.acc_dtype)})({v});")
-            elif kind == "prod":
-                w.line(f"{acc}[j] *= ({ctype(body.acc_dtype)})({v});")
-            else:
-                op = ">" if kind == "max" else "<"
-                w.line(f"{acc}[j] = ({v} {op} {acc}[j]) ? {v} : {acc}[j];")
-                if nan:
-                    w.line(f"{nan}[j] |= ({v} != {v});")
+            _accumulate(w, kind, body.acc_dtype, f"{acc}[j]", nan and f"{nan}[j]", v)
         lines += w.lines + [ind + "    }", ind + "}"]
         arrays = []
         for m, acc, nan in accs:

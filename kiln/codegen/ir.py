@@ -88,19 +88,6 @@ def contiguous_strides(size: Sequence[Expr]) -> list[Expr]:
     return list(reversed(strides))
 
 
-def flat_to_index(flat: Expr, size: Sequence[Expr]) -> Index:
-    """The row-major multi-index of element ``flat`` of a tensor of ``size``."""
-    index, strides = [], contiguous_strides(size)
-    for d, (s, st) in enumerate(zip(size, strides)):
-        if s == 1:
-            index.append(sympy.Integer(0))
-        elif all(x == 1 for x in size[:d]):
-            index.append(FloorDiv(flat, st))  # the leading dim needs no modulo
-        else:
-            index.append(ModularIndexing(FloorDiv(flat, st), s))
-    return index
-
-
 # --- scalar expressions ------------------------------------------------------------------------
 
 @dataclasses.dataclass(eq=False)

@@ -340,8 +340,6 @@ def lower_clamp(ctx: GraphLowering, node: Any, x: Any, min: Any = None,
 @register(aten.where)
 def lower_where(ctx: GraphLowering, node: Any, cond: Any, a: Any, b: Any) -> Pointwise:
     size = out_size(node)
-    promo = [_promotion_arg(n, v) for n, v in zip(node.args[1:], (a, b))]
-    compute, _ = elementwise_dtypes(*promo, type_promotion_kind=Promotion.NO_OPMATH)
     dtype = meta_of(node).dtype
     cdt = ir.compute_dtype(dtype)
     lc = broadcast(cond, size)
@@ -352,7 +350,6 @@ def lower_where(ctx: GraphLowering, node: Any, cond: Any, a: Any, b: Any) -> Poi
         va = ops.to_dtype(la(index), cdt) if la else scalar_operand(a, cdt)
         vb = ops.to_dtype(lb(index), cdt) if lb else scalar_operand(b, cdt)
         return ops.where(ops.to_dtype(lc(index), torch.bool), va, vb)
-    del compute
     return Pointwise(dtype, size, memoized(inner))
 
 
@@ -563,7 +560,7 @@ def _acc_dtype(reduction_type: str, dtype: torch.dtype) -> torch.dtype:
         if dtype.is_floating_point:
             return torch.float64  # more accurate than eager's cascade; as fast when
             #                       memory-bound (tests compare against eager's)
-        return torch.int64 if dtype != torch.bool else torch.int64
+        return torch.int64
     return ir.compute_dtype(dtype)
 
 

@@ -42,9 +42,6 @@ class Member:
     buffer: ComputedBuffer
     kind: str
 
-    def own_index(self, dims_of_buffer: list[ir.Expr], positions: list[int]) -> ir.Index:
-        raise NotImplementedError
-
 
 @dataclasses.dataclass
 class Kernel:
