@@ -229,6 +229,8 @@ class BodyWriter:
                    f"std::numeric_limits<{ctype(v.args[0].dtype)}>::infinity())"
         elif v.op in BINARY:
             expr = BINARY[v.op].format(*args)
+        elif v.op in ("fmod", "truncdiv") and not v.dtype.is_floating_point:
+            expr = f"(({t})({args[0]} {'%' if v.op == 'fmod' else '/'} {args[1]}))"
         elif v.op in ("pow", "atan2", "fmod"):
             expr = f"{_float_fn(v.op, v.dtype)}({args[0]}, {args[1]})"
         elif v.op == "truncdiv":
@@ -340,6 +342,13 @@ class KernelWriter:
         elif dtype == torch.bool:
             value = f"(bool)({value})"
         body.line(f"{self.pointer(name)}[{off}] = {value};")
+        # a later member of this kernel reads the stored value back as a load would: in
+        # the compute dtype, rounded to the buffer's dtype
+        if dtype == torch.bfloat16:
+            value = body.define(("reload", value), torch.float32,
+                                f"kiln_bf16_to_float({value})")
+        elif dtype == torch.float16:
+            value = body.define(("reload", value), torch.float32, f"(float)({value})")
         body.stored[(name, off)] = value
 
     # --- structure ----------------------------------------------------------------------------

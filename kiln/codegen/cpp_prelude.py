@@ -59,20 +59,26 @@ template <typename T> static inline T kiln_minimum(T a, T b) {
     return (a != a) ? a : ((b < a || b != b) ? b : a);
 }
 template <typename T> static inline T kiln_remainder(T a, T b) {
-    T r = std::fmod(a, b);
-    return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+    T r;
+    if constexpr (std::is_integral_v<T>) r = a % b; else r = std::fmod(a, b);
+    return (r != 0 && ((r < 0) != (b < 0))) ? (T)(r + b) : r;
 }
 template <typename T> static inline T kiln_floordiv(T a, T b) {
-    if (b == 0) return a / b;
-    T mod = std::fmod(a, b);
-    T div = (a - mod) / b;
-    if ((mod != 0) && (b < 0) != (mod < 0)) div -= T(1);
-    if (div != 0) {
-        T f = std::floor(div);
-        if (div - f > T(0.5)) f += T(1);
-        return f;
+    if constexpr (std::is_integral_v<T>) {  // c10::div_floor_integer (b is not 0 or -1)
+        T q = a / b, r = a % b;
+        return (r != 0 && ((r < 0) != (b < 0))) ? (T)(q - 1) : q;
+    } else {  // c10::div_floor_floating
+        if (b == 0) return a / b;
+        T mod = std::fmod(a, b);
+        T div = (a - mod) / b;
+        if ((mod != 0) && (b < 0) != (mod < 0)) div -= T(1);
+        if (div != 0) {
+            T f = std::floor(div);
+            if (div - f > T(0.5)) f += T(1);
+            return f;
+        }
+        return std::copysign(T(0), a / b);
     }
-    return std::copysign(T(0), a / b);
 }
 template <typename T> static inline T kiln_powi(T a, T b) {
     // c10::powi: integer powers by squaring, wrapping on overflow (on the unsigned type,

@@ -268,16 +268,27 @@ def lower_div(ctx: GraphLowering, node: Any, a: Any, b: Any, *,
         return pointwise(node, simple("truediv", Promotion.INT_TO_FLOAT), [a, b],
                          Promotion.INT_TO_FLOAT, exact_scalar=True)
     if not meta_of(node).dtype.is_floating_point:
-        raise NoLowering("integer division (eager raises on division by zero)")
+        _check_integer_divisor(b)
     op = "floordiv" if rounding_mode == "floor" else "truncdiv"
     return pointwise(node, simple(op, Promotion.DEFAULT), [a, b], Promotion.DEFAULT,
                      exact_scalar=True)
 
 
+def _check_integer_divisor(b: Any) -> None:
+    """Integer division is lowered only by a constant other than 0 (eager raises
+    ZeroDivisionError, which generated code cannot) and -1 (INT_MIN / -1 traps in C)."""
+    if isinstance(b, sympy.Basic) and b.is_Integer or isinstance(b, bool):
+        b = int(b)
+    if not isinstance(b, int) or b in (0, -1):
+        raise NoLowering("integer division by a tensor, 0 or -1")
+
+
 @register(aten.remainder, aten.fmod, aten.floor_divide)
 def lower_remainder(ctx: GraphLowering, node: Any, a: Any, b: Any) -> Pointwise:
     if not meta_of(node).dtype.is_floating_point:
-        raise NoLowering("integer remainder (eager raises on division by zero)")
+        if meta_of(node).dtype == torch.bool:
+            raise NoLowering("boolean division")
+        _check_integer_divisor(b)
     name = {"remainder": "remainder", "fmod": "fmod",
             "floor_divide": "floordiv"}[node.target.overloadpacket.__name__]
     return pointwise(node, simple(name, Promotion.DEFAULT), [a, b], Promotion.DEFAULT,
