@@ -177,7 +177,9 @@ def _compile_training(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence
         tangents = [tangent_like(meta.examples[p]) for p in differentiable_outputs(meta)]
     joint = trace(joint_function(flat_fn, meta), [list(fake_args), tangents], fake_mode,
                   decompositions, num_fwd_outputs=num_fwd)
-    joint.meta["mutated_inputs"] = list(meta.mutated_inputs)  # not to be saved (min-cut)
+    # not to be saved (min-cut): the runtime changes their data, or their shape and
+    # strides, after the forward
+    joint.meta["mutated_inputs"] = sorted({*meta.mutated_inputs, *meta.metadata_mutations})
     fw_gm, bw_gm = partition_fn(joint, [list(fake_args), tangents], num_fwd_outputs=num_fwd)
     bw_inputs = [n.meta.get("val") for n in bw_gm.graph.nodes if n.op == "placeholder"]
     num_saved = len(bw_inputs) - len(tangents)

@@ -128,6 +128,16 @@ def _is_view(node: torch.fx.Node) -> bool:
     return isinstance(node.target, torch._ops.OpOverload) and node.target.is_view
 
 
+def _view_base(node: torch.fx.Node, mutated: set[torch.fx.Node]) -> torch.fx.Node:
+    """The value ``node`` is a chain of views of (``node`` if none; a mutated primal is not
+    a base to save, its value changes after the forward)."""
+    base = node
+    while _is_view(base) and isinstance(base.args[0], torch.fx.Node) \
+            and base.args[0] not in mutated:
+        base = base.args[0]
+    return base
+
+
 def tensor_bytes(value: torch.Tensor) -> int:
     numel = 1
     for size in value.shape:  # a symbolic size by its hint
@@ -149,13 +159,17 @@ def mutated_primals(joint: torch.fx.GraphModule, joint_inputs: Any) -> set[torch
             if isinstance(example, torch.Tensor) and example._version > 0}
 
 
-def save_cost(node: torch.fx.Node, mutated: set[torch.fx.Node]) -> int:
-    """What keeping ``node``'s value for the backward costs, in bytes."""
+def save_cost(node: torch.fx.Node, mutated: set[torch.fx.Node],
+              free: frozenset[torch.fx.Node] = frozenset()) -> int:
+    """What keeping ``node``'s value for the backward costs, in bytes (``free``: nodes
+    whose values cost nothing, as primals)."""
     base = node
     while _is_view(base) and isinstance(base.args[0], torch.fx.Node):
         base = base.args[0]
     if is_primal(base) or base.op == "get_attr":
         return AVOID if base in mutated else 0
+    if base in free:
+        return 0
     value = node.meta.get("val")
     if isinstance(value, torch.Tensor):
         return tensor_bytes(value)
@@ -255,9 +269,10 @@ def tangent_closure(joint: torch.fx.GraphModule) -> set[torch.fx.Node]:
 
 
 def choose_saved(joint: torch.fx.GraphModule, num_fwd_outputs: int, banned: set[torch.fx.Node],
-                 mutated: set[torch.fx.Node]) -> set[torch.fx.Node] | None:
+                 mutated: set[torch.fx.Node], free: frozenset[torch.fx.Node] = frozenset()
+                 ) -> set[torch.fx.Node] | None:
     """The cheapest saved set given the nodes that must run in the forward (``banned``), or
-    None when every cut is infinite."""
+    None when every cut is infinite; ``free`` as in ``save_cost``."""
     nodes = [n for n in joint.graph.nodes if n.op != "output"]
     index = {n: k for k, n in enumerate(nodes)}
     source, sink = 0, 1
@@ -277,7 +292,7 @@ def choose_saved(joint: torch.fx.GraphModule, num_fwd_outputs: int, banned: set[
             continue
         if node in banned:
             network.add_edge(source, vin(node), INF)
-        network.add_edge(vin(node), vout(node), save_cost(node, mutated))
+        network.add_edge(vin(node), vout(node), save_cost(node, mutated, free))
         for user in node.users:
             if user.op != "output":
                 network.add_edge(vout(node), vin(user), INF)
@@ -375,14 +390,22 @@ def _is_reduction(node: torch.fx.Node) -> bool:
 
 def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
                                         _joint_inputs: Any = None, *, num_fwd_outputs: int,
-                                        recompute_reductions: bool = True, **_: Any
+                                        recompute_reductions: bool = True,
+                                        outputs_are_free: bool = False,
+                                        save_view_bases: bool = False, **_: Any
                                         ) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
     """Split ``joint_module`` saving the least memory (see the module docstring); the same
     contract as :func:`kiln.aot.partition.default_partition`. With
     ``recompute_reductions=False`` (what the ``"kiln"`` backend asks, as torch's
     ``ban_recompute_reductions`` does for inductor) the backward never recomputes a reduction
-    of the forward: on decomposed graphs, a softmax's backward then reads the saved output
-    instead of computing the softmax again."""
+    of the forward. With ``outputs_are_free`` (kiln's too) saving a forward output costs
+    nothing, as saving a primal: the forward writes it anyway, and the caller usually holds
+    it until the backward (a loss, an activation between graphs). On decomposed graphs, a
+    softmax's backward then reads the saved output instead of computing the exponentials
+    again from the input and the saved max and sum. With ``save_view_bases`` (kiln's) a
+    saved view is replaced by its base and the backward takes the view again: a forward
+    graph then returns no view of its inputs or of its other outputs, which a code generator
+    would have to give their own tensor objects."""
     joint = joint_module
     if any(n.target is aten.native_dropout.default for n in joint.graph.nodes):
         joint = _copy(joint_module)
@@ -392,6 +415,9 @@ def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
     backward_only = tangent_closure(joint)
     needed_by_forward = ancestors(fwd_outputs)
     mutated = mutated_primals(joint, _joint_inputs)
+    free = frozenset(n for n in fwd_outputs
+                     if isinstance(n, torch.fx.Node)) if outputs_are_free else frozenset()
+
     def recomputable(n: torch.fx.Node) -> bool:
         if recompute_reductions:
             return is_cheap(n)
@@ -408,7 +434,7 @@ def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
               and (is_primal(n) or is_random(n) or _has_side_effects(n)
                    or (n in needed_by_forward and not recomputable(n)))}
     while True:
-        saved = choose_saved(joint, num_fwd_outputs, banned, mutated)
+        saved = choose_saved(joint, num_fwd_outputs, banned, mutated, free)
         if saved is None:
             log.warning("kiln.aot: no finite min cut; using the default partition")
             return default_partition(joint_module, _joint_inputs,
@@ -420,6 +446,8 @@ def min_cut_rematerialization_partition(joint_module: torch.fx.GraphModule,
         if not computed_twice:
             break
         banned |= computed_twice
+    if save_view_bases:
+        saved = {_view_base(n, mutated) for n in saved}
     forward_graph, backward_graph = split(joint, num_fwd_outputs, saved)
     return (_restore_dropout_outputs(forward_graph, rebuilt),
             compute_just_in_time(backward_graph))

@@ -32,7 +32,8 @@ def kiln_backend(gm: torch.fx.GraphModule, example_inputs: list[Any],
     from kiln.codegen.decompositions import decomposition_table
 
     partition = functools.partial(min_cut_rematerialization_partition,
-                                  recompute_reductions=False)
+                                  recompute_reductions=False, outputs_are_free=True,
+                                  save_view_bases=True)
     return _aot(gm, example_inputs, partition, compiler=compile_graph,
                 decompositions=decomposition_table(), **kwargs)
 

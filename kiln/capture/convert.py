@@ -170,7 +170,7 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
     if output.count_calls() > 0 or codegen.outputs:
         try:
             compiled = _call_backend(hooks.backend, hooks.backend_name, gm,
-                                     [i.fake for i in output.inputs])
+                                     [i.backend_fake() for i in output.inputs])
         except BackendCompilerFailed as e:
             if not config.suppress_errors:
                 raise

@@ -45,6 +45,12 @@ if TYPE_CHECKING:
     from kiln.capture.variables.tensor import TensorVariable
 
 
+def _geometry(value: Any) -> tuple[Any, ...] | None:
+    if not isinstance(value, torch.Tensor):
+        return None
+    return (tuple(value.shape), tuple(value.stride()), value.storage_offset())
+
+
 class GraphInput:
     """One placeholder: where its value comes from and what it was at compile time.
 
@@ -60,6 +66,23 @@ class GraphInput:
         self.example = example
         self.fake = fake
         self.static = static
+        self._geometry = _geometry(fake)
+
+    def backend_fake(self) -> Any:
+        """The fake value as the graph receives it. Capture runs the program on ``fake``
+        itself, so a metadata mutation of an input (``x.unsqueeze_(0)``) changed it; the
+        graph starts from the input as it was, and the backend gets a fake of that shape."""
+        if self._geometry is None or _geometry(self.fake) == self._geometry:
+            return self.fake
+        shape, stride, offset = self._geometry
+        fake = self.fake
+        with fake.fake_mode:
+            fresh = torch.empty_strided(shape, stride, dtype=fake.dtype, device=fake.device)
+            if offset:
+                fresh = torch.empty(offset + fresh.untyped_storage().nbytes()
+                                    // fresh.element_size(), dtype=fake.dtype,
+                                    device=fake.device).as_strided(shape, stride, offset)
+        return fresh.requires_grad_(fake.requires_grad)
 
 
 class OutputGraph:

@@ -60,16 +60,17 @@ def _split(kernels: list[cpp.KernelSource]) -> list[list[cpp.KernelSource]]:
 def _outputs_alias(lowered: Any) -> bool:
     """Whether an output is a view of an input or constant, or shares memory with another
     output. (An input returned as it is, as AOT's forward returns what it saves for the
-    backward, is the same object the aten graph would return: fine.)"""
-    storages: dict[str, int] = {}
+    backward, is the same object the aten graph would return: fine; so is one buffer
+    returned twice, as a forward output the backward also reads.)"""
+    storages: dict[str, set[int]] = {}
     for out in lowered.outputs:
         if isinstance(out, Buffer):
             if out.is_view() and (isinstance(out.storage, InputBuffer)
                                   or out.storage.name.startswith("const")):
                 return True
             if not isinstance(out, InputBuffer):
-                storages[out.storage.name] = storages.get(out.storage.name, 0) + 1
-    return any(n > 1 for n in storages.values())
+                storages.setdefault(out.storage.name, set()).add(id(out))
+    return any(len(buffers) > 1 for buffers in storages.values())
 
 
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:

@@ -301,6 +301,8 @@ class KernelWriter:
         self.members = {m.buffer.name: m for m in kernel.members}
         self.columns = self._use_columns()
         self.local_ref: dict[str, str] = {}  # member -> C expression of its current value
+        # (head lines, loop variables) of a parallel loop whose body generate() outlines
+        self.outlined: tuple[int, list[str]] | None = None
 
     def tmp(self) -> str:
         self._tmp += 1
@@ -396,10 +398,35 @@ class KernelWriter:
             const = "" if name in self.written else "const "
             params.append(f"{const}{ctype(self.dtypes[name])}* __restrict p_{name}")
         params += [f"int64_t {s.name}" for s in sizes]
+        prefix = ""
+        if self.outlined is not None:
+            prefix, body = self._outline(body, params, [f"p_{n}" for n in self.pointers]
+                                         + [s.name for s in sizes])
         params.append("int kiln_threads")
-        source = f'extern "C" void {k.name}({", ".join(params)}) {{\n' + \
+        source = prefix + f'extern "C" void {k.name}({", ".join(params)}) {{\n' + \
             "\n".join(body) + "\n}\n"
         return KernelSource(k.name, source, list(self.pointers), sizes, set(self.written))
+
+    def _outline(self, body: list[str], params: list[str],
+                 args: list[str]) -> tuple[str, list[str]]:
+        """Moves the body of the parallel loop into an always-inlined function of its own.
+
+        OpenMP outlines a parallel region into a function that gets the pointers through a
+        struct, and ``__restrict`` is lost on the way: gcc can no longer hoist a load that
+        does not change along the inner loop (``p_sum[x0]``) above a store, and that inner
+        loop stays scalar (softmax's backward ran 3.5x slower). The pointers are restrict
+        parameters of the inlined function again, and the loop vectorizes."""
+        n_head, loop_vars = self.outlined
+        head, inner = body[:n_head], body[n_head:-1]  # (body[-1] closes the loop)
+        head[-1] = head[-1].removesuffix(" {")
+        name = f"{self.kernel.name}_body"
+        all_params = [f"int64_t {v}" for v in loop_vars] + params
+        function = (f"static inline __attribute__((always_inline)) void {name}("
+                    f"{', '.join(all_params)}) {{\n"
+                    + "\n".join(line.removeprefix("    ") for line in inner) + "\n}\n\n")
+        indent = head[-1][:len(head[-1]) - len(head[-1].lstrip())] + "    "
+        call = f"{indent}{name}({', '.join(loop_vars + args)});"
+        return function, head + [call]
 
     def _parallel_clause(self, numel: ir.Expr) -> str | None:
         if numel.is_Integer:
@@ -422,6 +449,7 @@ class KernelWriter:
                 collapse = f" collapse({len(outer)})" if len(outer) > 1 else ""
                 lines.append(f"    #pragma omp parallel for{collapse} "
                              f"num_threads(kiln_threads){clause}")
+                self.outlined = (1 + len(outer), [f"x{d}" for d in outer])
             for d in outer:
                 lines.append(f"{indent}for (int64_t x{d} = 0; x{d} < {dims_c[d]}; x{d}++)")
             lines[-1] += " {"
@@ -561,6 +589,7 @@ class KernelWriter:
         lines = []
         if clause is not None:
             lines.append(f"    #pragma omp parallel for num_threads(kiln_threads){clause}")
+            self.outlined = (2, ["tile"])
         tiles = f"({cols} + {tile - 1}) / {tile}"
         lines.append(f"    for (int64_t tile = 0; tile < {tiles}; tile++) {{")
         lines.append(f"        const int64_t o0 = tile * {tile};")

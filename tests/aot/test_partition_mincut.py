@@ -385,3 +385,39 @@ def test_gpt2_block_training_matches_eager():
     torch.testing.assert_close(results["mincut"], results["eager"])
     assert recorder.graphs and default_recorder.graphs
     assert recorder.saved_bytes < default_recorder.saved_bytes
+
+
+def _kiln_partition(joint, inputs, *, num_fwd_outputs, **kw):
+    """The partition the "kiln" backend asks for (kiln/backends/debugging.py)."""
+    return min_cut_rematerialization_partition(
+        joint, inputs, num_fwd_outputs=num_fwd_outputs, recompute_reductions=False,
+        outputs_are_free=True, save_view_bases=True, **kw)
+
+
+def test_kiln_partition_saves_softmax_output_not_its_exponentials():
+    # decomposed, a softmax is amax, sub, exp, sum, div; saving the input with the max and
+    # the sum is the least memory, but the backward would compute every exp again. The
+    # output is written anyway, so (outputs_are_free) the backward reads it instead
+    from kiln.codegen.decompositions import decomposition_table
+
+    recorder = Recorder(_kiln_partition)
+    compiled = aot_function(lambda x: torch.softmax(x, -1), nop, partition_fn=recorder,
+                            decompositions=decomposition_table())
+    run_and_grad(compiled, leaves(randn(8, 16)))
+    fw, _, num_fwd = recorder.graphs[-1]
+    output = next(n for n in fw.graph.nodes if n.op == "output")
+    assert recorder.saved == list(output.args[0])[:num_fwd]  # the output, nothing else
+    assert torch.ops.aten.exp.default not in recorder.backward_targets
+
+
+def test_kiln_partition_saves_bases_of_views():
+    # a saved view would be a forward output aliasing an input or another output (which a
+    # code generator must give their own tensor objects); its base is saved instead and
+    # the backward takes the view again
+    def fn(x, w):
+        return (x.t() * w).sin()
+
+    recorder = saved_by(_kiln_partition, fn, randn(8, 16), randn(8))
+    assert recorder.saved
+    assert not any(isinstance(n.target, torch._ops.OpOverload) and n.target.is_view
+                   for n in recorder.saved)
