@@ -272,7 +272,7 @@ def test_unary_exact_ops():
     """Ops with exactly one right answer (rounding half to even, NaN, -0.0), on every dtype
     that eager accepts for each; three of them on every layout."""
     check(*unary_inputs(UNARY_EXACT, ("neg", "round", "abs"), (torch.float32, torch.int32)),
-          tie_ops=TIE_OPS)
+          tie_ops=TIE_OPS + OLDER_TORCH_ZERO_SIGN)
 
 
 # --- pointwise: binary -------------------------------------------------------------------------
@@ -334,6 +334,10 @@ BINARY = {
 # ops whose sign of zero at ties of -0.0 and 0.0 eager itself leaves to the code path taken
 # (its vectorized loop returns the second operand, its scalar loop the first)
 TIE_OPS = ("maximum", "minimum", "max_other", "min_other", "clamp", "relu")
+# eager before torch 2.13 (the device machine has 2.11) differs from 2.13 and kiln: frac of
+# -0.0 in a strided input is +0.0 there, and clamp(min=NaN) is not all NaN; not compared
+OLDER_TORCH = torch.__version__ < (2, 13)
+OLDER_TORCH_ZERO_SIGN = ("frac",) if OLDER_TORCH else ()
 
 
 def binary_cases(ops: dict[str, Callable[..., Any]],
@@ -493,7 +497,8 @@ def test_clamp():
         ("clamp_min_only", lambda x, lo, hi, xi, x16: x.clamp(min=0.25)),
         ("clamp_max_only", lambda x, lo, hi, xi, x16: x.clamp(max=-0.25)),
         ("clamp_inverted", lambda x, lo, hi, xi, x16: x.clamp(1.0, -1.0)),
-        ("clamp_nan_bound", lambda x, lo, hi, xi, x16: x.clamp(min=NAN)),
+        *([] if OLDER_TORCH else [
+            ("clamp_nan_bound", lambda x, lo, hi, xi, x16: x.clamp(min=NAN))]),
         ("clamp_tensor", lambda x, lo, hi, xi, x16: x.clamp(lo, hi)),
         ("clamp_tensor_min", lambda x, lo, hi, xi, x16: x.clamp(min=lo)),
         ("clamp_tensor_max", lambda x, lo, hi, xi, x16: torch.clamp(x.t(), max=hi[:, None])),
@@ -892,7 +897,8 @@ def test_composites(dtype):
     # var_mean/std_mean's mean of a column holding inf: test_var_mean_of_inf
     cases = [c for c in cases if not c[0].startswith(("var_mean(special", "std_mean(special"))]
     check(cases, inputs, loose_low=True,
-          tie_ops=("hardtanh", "hardswish", "hardsigmoid", "threshold", "leaky_relu", "elu"),
+          tie_ops=("hardtanh", "hardswish", "hardsigmoid", "threshold", "leaky_relu", "elu",
+                   *OLDER_TORCH_ZERO_SIGN),
           zero_sign=dtype == torch.float32)
 
 
