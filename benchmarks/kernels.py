@@ -181,8 +181,12 @@ def bench_kernels(settings: Settings) -> list[Row]:
                     moved = _bytes([*args, case.fn(*args)])
                 share = moved / stats[KILN].get("min") / bandwidth
                 shares.append((share, case.name))
+                # (eager's and inductor's shares say whether the case is bound by memory
+                # at all on this machine, or by its arithmetic: exp, erf)
+                others = ", ".join(f"{name} {moved / stats[name].get('min') / bandwidth:.0%}"
+                                   for name in (EAGER, TORCH))
                 note = (f"kiln {moved / stats[KILN].get('min') / 1e9:.1f} GB/s = "
-                        f"{share:.0%} of copy ({bandwidth / 1e9:.1f} GB/s)")
+                        f"{share:.0%} of copy ({bandwidth / 1e9:.1f} GB/s); {others}")
             shape = "x".join(map(str, case.shapes[0]))
             label = f"{case.name} {'fwd+bwd' if backward else 'fwd'} {shape}"
             rows.append(_row("kernels", label, "us", stats, settings, "kiln/inductor", ratio,

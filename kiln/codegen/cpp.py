@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import sympy
@@ -31,6 +30,7 @@ import torch
 
 from kiln.codegen import ir
 from kiln.codegen.ir import Reduction, Value
+from kiln.codegen.printers import IndexPrinter
 from kiln.codegen.scheduler import FULL, OUTER, REDUCTION, Kernel, Member, loop_var
 
 CTYPES = {
@@ -50,46 +50,6 @@ def ctype(dtype: torch.dtype) -> str:
 
 # --- index expressions -------------------------------------------------------------------------
 
-class IndexPrinter:
-    """sympy index expressions as int64 C arithmetic; records the size symbols used."""
-
-    def __init__(self) -> None:
-        self.symbols: set[sympy.Symbol] = set()
-
-    def __call__(self, e: Any) -> str:
-        e = sympy.sympify(e)
-        if e.is_Integer:
-            return f"INT64_C({int(e)})" if abs(int(e)) > 2**31 - 1 else str(int(e))
-        if e.is_Symbol:
-            if e.name not in _LOOP_NAMES:
-                self.symbols.add(e)
-            return e.name
-        if isinstance(e, sympy.Add):
-            return "(" + " + ".join(self(a) for a in e.args) + ")"
-        if isinstance(e, sympy.Mul):
-            return "(" + " * ".join(self(a) for a in e.args) + ")"
-        if isinstance(e, ir.FloorDiv):
-            return f"({self(e.args[0])} / {self(e.args[1])})"
-        if isinstance(e, ir.ModularIndexing):
-            return f"({self(e.args[0])} % {self(e.args[1])})"
-        if isinstance(e, sympy.Pow) and e.exp.is_Integer and int(e.exp) > 0:
-            return "(" + " * ".join([self(e.base)] * int(e.exp)) + ")"
-        if isinstance(e, sympy.Max):
-            return self._fold("std::max<int64_t>", e.args)
-        if isinstance(e, sympy.Min):
-            return self._fold("std::min<int64_t>", e.args)
-        if isinstance(e, (sympy.floor, sympy.ceiling)):
-            raise NotImplementedError(f"index expression {e}")
-        raise NotImplementedError(f"index expression {e} ({type(e).__name__})")
-
-    def _fold(self, fn: str, args: Sequence[Any]) -> str:
-        out = self(args[0])
-        for a in args[1:]:
-            out = f"{fn}({out}, {self(a)})"
-        return out
-
-
-_LOOP_NAMES = {f"{p}{i}" for p in ("x", "r") for i in range(64)}
 
 
 # --- scalar expressions ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch._decomp
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 aten = torch.ops.aten
 prims = torch.ops.prims
@@ -139,12 +140,12 @@ DECOMPOSED_OPS: tuple[OpPacket, ...] = (
     # Views under other names -> the canonical view ops the IR turns into index arithmetic.
     aten.t,  # -> permute
     aten.transpose,  # -> permute
-    aten._unsafe_view,  # -> view (the "unsafe" only matters to autograd)
     aten.split,  # -> slice
     aten.split_with_sizes,  # -> slice
     aten.unbind,  # -> select
-    # The graph runs below autograd: detach is a plain alias there.
-    aten.detach,
+    # (detach and _unsafe_view stay: they are views to the IR as alias and view are, and
+    # AOT autograd's view analysis must see that a detach is not differentiable and an
+    # _unsafe_view of a fresh tensor is no view of it)
     # Tensor creation: every constant-filled tensor becomes full / full_like / empty.
     aten.zeros,
     aten.ones,
@@ -206,6 +207,7 @@ REDUCTION_OPS: frozenset[OpPacket] = frozenset({
 VIEW_OPS: frozenset[OpPacket] = frozenset({
     aten.view, aten.expand, aten.permute, aten.squeeze, aten.unsqueeze, aten.slice,
     aten.select, aten.as_strided, aten.alias, aten.diagonal, aten.unfold, aten.cat,
+    aten.detach, aten._unsafe_view,
 })
 
 # Indirect access: index is a load at computed indices, index_put a store (an atomic add
@@ -343,12 +345,59 @@ def _std_mean(x: torch.Tensor, dim: Any = None, unbiased: bool | None = None,
     return parts if parts is NotImplemented else (aten.sqrt.default(parts[0]), parts[1])
 
 
+def _sym_clamp(value: Any, lower: Any, upper: Any) -> Any:
+    if any(isinstance(v, torch.SymInt) for v in (value, lower, upper)):
+        return torch.sym_min(torch.sym_max(value, lower), upper)
+    return min(max(value, lower), upper)
+
+
+def _slice_scatter(x: torch.Tensor, src: torch.Tensor, dim: int = 0, start: Any = None,
+                   end: Any = None, step: int = 1) -> torch.Tensor:
+    """``x`` with ``src`` written into ``x[start:end:step]`` along ``dim``, as a ``where``
+    over an iota mask (which fuses with producers). torch's decomposition branches on
+    ``start == 0``, ``end == size``: with symbolic sizes each branch is a guard, and
+    ``out[:a.size(0)] += a`` on ``out`` of size ``max(a.size(0), b.size(0))`` then
+    recompiled whenever the larger input changed sides. Here the mask has every condition
+    unless it is statically known to hold, and start/end are clamped symbolically."""
+    dim = dim % x.ndim if x.ndim else 0
+    size = x.shape[dim]
+
+    def normalize(value: Any, lower: Any, default: Any) -> Any:
+        if value is None:
+            return default
+        if isinstance(value, int) or not statically_known_true(value >= 0):
+            if value < 0:  # (a guard only for a symbolic value of unknown sign)
+                value = value + size
+        return _sym_clamp(value, lower, size)
+
+    start = normalize(start, 0, 0)
+    end = normalize(end, start, size)
+    src_size = list(x.shape)
+    src_size[dim] = (end - start + (step - 1)) // step
+    src = aten.expand.default(src, src_size)
+    if statically_known_true(start == 0) and statically_known_true(end == size) and step == 1:
+        return aten.clone.default(src)
+    idx = aten.arange.start_step(0, size, 1, device=x.device)
+    offset = aten.sub.Tensor(idx, start)
+    mask = aten.logical_and.default(aten.ge.Scalar(offset, 0), aten.lt.Scalar(idx, end))
+    if step != 1:
+        on_step = aten.eq.Scalar(aten.remainder.Scalar(offset, step), 0)
+        mask = aten.logical_and.default(mask, on_step)
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    mask = aten.view.default(mask, shape)
+    indices: list[Any] = [None] * x.ndim
+    indices[dim] = aten.div.Tensor_mode(offset, step, rounding_mode="floor")
+    return aten.where.self(mask, aten._unsafe_masked_index.default(src, mask, indices, 0), x)
+
+
 def _overloads(packet: OpPacket, *names: str) -> list[torch._ops.OpOverload]:
     return [getattr(packet, name) for name in names]
 
 
 KILN_DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable[..., Any]] = {
     **{op: _mean for op in _overloads(aten.mean, "default", "dim")},
+    aten.slice_scatter.default: _slice_scatter,
     **{op: _var for op in _overloads(aten.var, "default", "dim", "correction")},
     **{op: _var_mean for op in _overloads(aten.var_mean, "default", "dim", "correction")},
     **{op: _std for op in _overloads(aten.std, "default", "dim", "correction")},

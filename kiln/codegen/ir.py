@@ -266,6 +266,7 @@ class Pointwise(TensorIR):
     size: list[Expr]
     inner: Loader
     meta: Any = None  # the fake tensor of the node it came from: its layout when realized
+    depth: int = 1  # of the chain of inlined pointwise nodes it computes (lowering sets it)
 
     def loader(self) -> Loader:
         return self.inner

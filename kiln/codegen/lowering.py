@@ -103,6 +103,12 @@ def meta_of(node: Any) -> Any:
     return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
 
 
+# A chain of pointwise nodes longer than this is stored to memory on the way: its loaders
+# and emitted expressions nest once per node (200 chained adds exceeded Python's recursion
+# limit), and an expression that deep is no faster inlined than read back once.
+MAX_INLINE_DEPTH = 48
+
+
 class GraphLowering:
     """Lowers one aten GraphModule (see the module docstring)."""
 
@@ -262,9 +268,13 @@ class GraphLowering:
         return True
 
     def _record(self, node: torch.fx.Node, result: Any) -> Any:
-        if isinstance(result, Pointwise) and result.meta is None:
+        if not isinstance(result, Pointwise):
+            return result
+        if result.meta is None:
             result.meta = meta_of(node)
-        if isinstance(result, Pointwise) and self._should_realize(node, result):
+        result.depth = 1 + max((getattr(self.env.get(n), "depth", 0)
+                                for n in node.all_input_nodes), default=0)
+        if result.depth > MAX_INLINE_DEPTH or self._should_realize(node, result):
             return self.realize(result)
         return result
 

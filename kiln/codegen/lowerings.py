@@ -541,14 +541,15 @@ def lower_slice(ctx: GraphLowering, node: Any, x: Any, dim: int = 0, start: Any 
 
 
 @register(aten.view, aten.alias, aten.as_strided, aten.diagonal, aten.unfold,
-          aten._reshape_alias)
+          aten._reshape_alias, aten.detach, aten._unsafe_view)
 def lower_view(ctx: GraphLowering, node: Any, x: Any, *args: Any, **kwargs: Any) -> TensorIR:
     meta = meta_of(node)
     if meta.dtype != x.dtype:
         raise NoLowering("a view as another dtype")  # the same bytes read as another type
     if isinstance(x, Pointwise):
-        if node.target.overloadpacket in (aten.view, aten.alias) and \
-                [s for s in x.size if s != 1] == [ir.sym(s) for s in meta.shape if s != 1]:
+        if node.target.overloadpacket in (aten.view, aten.alias, aten.detach,
+                                          aten._unsafe_view) and \
+                [s for s in x.size if s != 1] == [e for e in out_size(node) if e != 1]:
             # only size-1 dims come or go: an index remap
             sizes = [ir.sym(s) for s in meta.shape]
             nonone = [d for d, s in enumerate(x.size) if s != 1]

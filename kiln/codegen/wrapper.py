@@ -21,36 +21,10 @@ from typing import Any
 import sympy
 import torch
 
-from kiln.codegen import ir
 from kiln.codegen.cpp import KernelSource
 from kiln.codegen.ir import Buffer, ComputedBuffer, ExternCall, InputBuffer
+from kiln.codegen.printers import pyexpr
 from kiln.codegen.scheduler import Kernel, Schedule
-
-
-def pyexpr(e: Any) -> str:
-    """A sympy size expression as Python source."""
-    e = sympy.sympify(e)
-    if e.is_Integer:
-        return str(int(e))
-    if e.is_Symbol:
-        return e.name
-    if isinstance(e, sympy.Add):
-        return "(" + " + ".join(pyexpr(a) for a in e.args) + ")"
-    if isinstance(e, sympy.Mul):
-        return "(" + " * ".join(pyexpr(a) for a in e.args) + ")"
-    if isinstance(e, ir.FloorDiv):
-        return f"({pyexpr(e.args[0])} // {pyexpr(e.args[1])})"
-    if isinstance(e, ir.ModularIndexing):
-        return f"({pyexpr(e.args[0])} % {pyexpr(e.args[1])})"
-    if isinstance(e, sympy.Max):
-        return "max(" + ", ".join(pyexpr(a) for a in e.args) + ")"
-    if isinstance(e, sympy.Min):
-        return "min(" + ", ".join(pyexpr(a) for a in e.args) + ")"
-    if isinstance(e, sympy.Pow) and e.exp.is_Integer:
-        return f"({pyexpr(e.base)} ** {int(e.exp)})"
-    if e.is_Float or e.is_Rational:
-        return repr(float(e))
-    return f"({sympy.pycode(e)})"
 
 
 def _fresh_tensor(base: torch.Tensor, size: Any, stride: Any, offset: int) -> torch.Tensor:

@@ -277,20 +277,9 @@ CASES = [
 ]
 
 
-# known differences of backend "kiln" (docs/roadmap.md, issue 6)
-KILN_XFAIL = {
-    "return_reshape_noncontig": "kiln returns the reshape of a copy as a view of kiln's "
-                                "buffer; an in-place update of it then fails in autograd",
-    "detach_intermediate": "kiln computes y.detach() as its own buffer, which comes out "
-                           "of the compiled function requiring grad",
-}
-
-
 @pytest.mark.parametrize("c", compile_params(CASES))
 @pytest.mark.parametrize("backend", COMPILE_BACKENDS)
 def test_compile(backend, c):
-    if backend == "kiln" and c.fn.__name__ in KILN_XFAIL:
-        pytest.xfail(KILN_XFAIL[c.fn.__name__])
     check_compile(c, backend)
 
 

@@ -123,3 +123,51 @@ def test_parallel_loop_body_is_outlined_with_restrict_pointers(caplog):
     assert "static inline __attribute__((always_inline)) void kernel0_body(int64_t x0, " \
            "const float* __restrict p_arg" in text
     assert "#pragma omp parallel for" in text and "kernel0_body(x0, " in text
+
+
+def test_long_pointwise_chain_compiles():
+    # 500 chained adds: stored to memory every MAX_INLINE_DEPTH nodes (inlined whole, the
+    # nested loaders exceeded Python's recursion limit and the graph ran op by op)
+    from kiln.counters import counters
+
+    def fn(x):
+        out = x
+        for _ in range(500):
+            out = out + x * 0.5
+        return out
+
+    counters.clear()
+    _check(fn, torch.randn(8, 8, requires_grad=True))
+    assert counters["codegen"]["graphs_compiled"] == 2
+    assert counters["codegen"]["graphs_run_by_aten"] == 0
+
+
+def test_slice_scatter_of_symbolic_sizes_adds_no_guards():
+    # out[:a.size(0)] += a on out of size max(a, b): torch's slice_scatter decomposition
+    # guarded on end == size, and kiln recompiled when the longer input changed sides
+    def pad_to_longest(a, b):
+        out = torch.zeros(max(a.size(0), b.size(0)), a.size(1))
+        out[: a.size(0)] += a
+        out[: b.size(0)] -= b
+        return out
+
+    cnt = CompileCounterWithBackend("kiln")
+    compiled = kiln.compile(pad_to_longest, backend=cnt)
+    for n, m in ((2, 3), (3, 5), (6, 4), (7, 2)):
+        a, b = torch.randn(n, 3), torch.randn(m, 3)
+        torch.testing.assert_close(compiled(a, b), pad_to_longest(a, b))
+    assert cnt.frame_count == 2  # the static first call, then one dynamic graph
+
+
+def test_detached_output_beside_its_source_needs_no_grad():
+    # detach stays detach for AOT autograd's view analysis (decomposed to alias it made the
+    # detached output differentiable)
+    x = torch.randn(4, 3, requires_grad=True)
+
+    def fn(x):
+        y = x * 2
+        return y + 1, y.detach()
+
+    out, detached = kiln.compile(fn)(x)
+    assert out.requires_grad and not detached.requires_grad
+    torch.testing.assert_close(detached, x.detach() * 2)
