@@ -40,6 +40,7 @@ CTYPES = {
     torch.bool: "bool",
 }
 
+SCRATCH_ROW_LIMIT = 16384  # elements of a row kept in cache between two loops over it
 PARALLEL_THRESHOLD = 32768  # elements below which a kernel runs on one thread
 COLUMN_TILE = 64
 
@@ -263,6 +264,9 @@ class KernelWriter:
         self.local_ref: dict[str, str] = {}  # member -> C expression of its current value
         # (head lines, loop variables) of a parallel loop whose body generate() outlines
         self.outlined: tuple[int, list[str]] | None = None
+        # values a reduction loop stores for a later member to read (_plan_scratch)
+        self.scratch: dict[int, tuple[Value, Member]] = {}
+        self.scratch_stored: dict[int, str] = {}  # ... and where each one went
 
     def tmp(self) -> str:
         self._tmp += 1
@@ -415,7 +419,9 @@ class KernelWriter:
             lines[-1] += " {"
             indent += "    "
         parallel_inner = clause if not outer else None
-        for kind, members in self.stages():
+        stages = self.stages()
+        self.scratch = self._plan_scratch(inner, stages) if outer else {}
+        for kind, members in stages:
             if kind == OUTER:
                 w = BodyWriter(self, indent)
                 for m in members:
@@ -431,6 +437,44 @@ class KernelWriter:
         if outer:
             lines.append("    }")
         return lines
+
+    def _plan_scratch(self, inner: list[int], stages: list[tuple[str, list[Member]]]
+                      ) -> dict[int, tuple[Value, Member]]:
+        """Expensive values a reduction loop computes that a later pointwise member of the
+        row computes again (softmax's ``exp(x - max)``: summed, then divided by the sum).
+        The reduction loop stores each one where that member's output goes, and the member
+        reads it back instead of calling libm again, as eager's softmax does. Only for rows
+        small enough to stay in cache between the two loops, and outputs in the value's
+        own dtype (no rounding in between)."""
+        k = self.kernel
+        row = ir.product([k.dims[d] for d in inner])
+        if not (row.is_Integer and int(row) <= SCRATCH_ROW_LIMIT):
+            return {}
+        reduced: dict[int, Value] = {}
+        plan: dict[int, tuple[Value, Member]] = {}
+        for kind, members in stages:
+            if kind == REDUCTION:
+                reduced.update((id(v), v) for m in members for v in ir.walk(k.value(m))
+                               if v.op in ir.EXPENSIVE_OPS)
+            elif kind == FULL and reduced:
+                for m in members:
+                    if m.buffer.name in k.local or \
+                            m.buffer.dtype not in (torch.float32, torch.float64):
+                        continue
+                    shared = [v for v in ir.walk(k.value(m)) if id(v) in reduced
+                              and id(v) not in plan and v.dtype == m.buffer.dtype]
+                    if shared:  # the last: the one computed from the others
+                        plan[id(shared[-1])] = (shared[-1], m)
+        return plan
+
+    def _store_scratch(self, w: BodyWriter) -> None:
+        """In a reduction loop: the planned values it computed, stored (see _plan_scratch)."""
+        for key, (_, m) in self.scratch.items():
+            if key in w.memo and key not in self.scratch_stored:
+                off = self.index(self.kernel.store_offset(m))
+                w.line(f"{self.pointer(m.buffer.name)}[{off}] = {w.memo[key][1]};")
+                self.written.add(m.buffer.name)
+                self.scratch_stored[key] = f"{self.pointer(m.buffer.name)}[{off}]"
 
     def _loop_header(self, indent: str, inner: list[int], dims_c: list[str],
                      pragma: str | None) -> tuple[list[str], str]:
@@ -451,6 +495,10 @@ class KernelWriter:
         pragma = self._pragma(inner, reduction, parallel)
         lines, body_indent = self._loop_header(indent, inner, dims_c, pragma)
         w = BodyWriter(self, body_indent)
+        for key, expr in self.scratch_stored.items():
+            v, m = self.scratch[key]
+            if m in members:  # read back what the reduction loop stored
+                w.memo[key] = (v, w.define(("scratch", expr), v.dtype, expr))
         for m in members:
             self.store(w, m, w.emit(self.kernel.value(m)))
         return lines + w.lines + [indent + "}"]
@@ -501,6 +549,7 @@ class KernelWriter:
         for m, acc, nan, idx in updates:
             body = m.buffer.body
             v = w.emit(self.kernel.value(m))
+            self._store_scratch(w)
             kind = body.reduction_type
             if not kind.startswith("arg"):
                 _accumulate(w, kind, row_acc_dtype(body), acc, nan, v)

@@ -106,6 +106,13 @@ class Value:
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+# scalar ops that cost about ten simple ones (libm calls): worth storing rather than
+# computing twice
+EXPENSIVE_OPS = frozenset({
+    "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "tan", "asin",
+    "acos", "atan", "sinh", "cosh", "tanh", "sigmoid", "erf", "erfc", "pow", "atan2",
+})
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a value of ``dtype`` is computed in: float32 for float16 / bfloat16."""

@@ -50,12 +50,6 @@ SUPPORTED_DTYPES = frozenset({
 })
 
 
-EXPENSIVE_OPS = frozenset({
-    "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sin", "cos", "tan", "asin",
-    "acos", "atan", "sinh", "cosh", "tanh", "sigmoid", "erf", "erfc", "pow", "atan2",
-})
-
-
 class NoLowering(Exception):
     """This call of an op is not lowered (an unsupported dtype, argument or form): it runs
     as an aten call instead."""
@@ -288,7 +282,7 @@ class GraphLowering:
         if any(u.op == "output" for u in node.users):
             return True
         body = ir.walk(value.inner([sympy.Symbol(f"i{d}") for d in range(value.ndim)]))
-        cost = sum(10 if v.op in EXPENSIVE_OPS else 1 for v in body)
+        cost = sum(10 if v.op in ir.EXPENSIVE_OPS else 1 for v in body)
         n_loads = sum(v.op == "load" for v in body)
         return cost * (users - 1) > 60 or n_loads > 8
 

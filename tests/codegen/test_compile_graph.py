@@ -171,3 +171,12 @@ def test_detached_output_beside_its_source_needs_no_grad():
     out, detached = kiln.compile(fn)(x)
     assert out.requires_grad and not detached.requires_grad
     torch.testing.assert_close(detached, x.detach() * 2)
+
+
+def test_softmax_computes_each_exponential_once(caplog):
+    # the sum loop stores exp(x - max) where the output goes; the division loop reads it
+    # back (as eager's softmax), instead of a second libm call per element
+    with kiln.logs.set_logs(output_code=True), caplog.at_level(logging.INFO, "kiln"):
+        _check(lambda x: torch.softmax(x, -1), torch.randn(64, 300), backward=False)
+    # (the log holds the wrapper and the kernels, not the prelude's declarations)
+    assert caplog.text.count("expf(") == 1
