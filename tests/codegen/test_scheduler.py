@@ -104,5 +104,8 @@ def test_buffers_of_the_same_layout_are_reused():
         b = (x / a.t()).sum(1, keepdim=True)
         c = (x / b.t()).sum(1, keepdim=True)
         return (x / c.t()).sum(1, keepdim=True)
-    compiled = _run(fn, torch.randn(16, 16))
+    # (positive inputs: divisions by sums near zero would amplify rounding differences of
+    # the vectorized sums past the tolerance, as an unseeded randn once did)
+    x = torch.rand(16, 16, generator=torch.Generator().manual_seed(0)) + 0.5
+    compiled = _run(fn, x)
     assert "# reuse" in compiled.wrapper_source
