@@ -8,10 +8,8 @@ Two loop shapes:
   pointwise loop storing full members. The innermost loop is contiguous in the common case,
   and ``#pragma omp simd`` lets the compiler vectorize it. Pointwise-only kernels are the
   case without reductions (inner loop: the last dim).
-* **columns**: a reduction over the leading dim of a 2-d space whose reads are contiguous
-  along the kept dim (``x.sum(0)``). The kept dim is split into tiles, parallel over tiles;
-  each stage walks the reduced dim with a vectorized loop across the tile, accumulators one
-  per column.
+* **columns** (cpp_columns.py): a reduction over the leading dim of a 2-d space whose reads
+  are contiguous along the kept dim (``x.sum(0)``), tiled across the kept dim.
 
 Sums of floating-point values accumulate in double (float16/bfloat16/float32 inputs), other
 reductions in the compute dtype. Sizes are arguments (``int64_t s0``), so one kernel serves
@@ -42,7 +40,6 @@ CTYPES = {
 
 SCRATCH_ROW_LIMIT = 16384  # elements of a row kept in cache between two loops over it
 PARALLEL_THRESHOLD = 32768  # elements below which a kernel runs on one thread
-COLUMN_TILE = 64
 
 
 def ctype(dtype: torch.dtype) -> str:
@@ -116,9 +113,12 @@ WRAPPING_BINARY = {"add": "+", "sub": "-", "mul": "*"}
 class BodyWriter:
     """Emits Values as C statements into ``lines``, each distinct expression once."""
 
-    def __init__(self, kernel_writer: KernelWriter, indent: str) -> None:
+    def __init__(self, kernel_writer: KernelWriter, indent: str,
+                 in_inner_loop: bool = False) -> None:
         self.kw = kernel_writer
         self.indent = indent
+        self.in_inner_loop = in_inner_loop
+        self.invariant: set[str] = set()  # C names of values the inner loop does not change
         self.lines: list[str] = []
         # keyed by id(): the Value is kept too, so no freed Value's id is reused for
         # another (which would merge two different loads)
@@ -143,7 +143,28 @@ class BodyWriter:
             return self.memo[id(v)][1]
         name = self._emit(v)
         self.memo[id(v)] = (v, name)
+        if self._is_invariant(v, name):
+            self.invariant.add(name)
         return name
+
+    def _is_invariant(self, v: Value, name: str) -> bool:
+        """Whether ``v`` is the same at every step of the inner loop: a constant, a value of
+        the row (a reduction's result, an outer member), or computed from those alone."""
+        if v.op == "constant" or name in self.kw.row_values:
+            return True
+        if v.op in ("load", "index_expr"):
+            return False
+        return all(self.memo[id(a)][1] in self.invariant for a in v.args
+                   if isinstance(a, Value))
+
+    def _divide(self, v: Value, a: str, b: str) -> str:
+        """``a / b``; inside an inner loop, a float divided by a value of the row is a
+        multiplication by its reciprocal, which the compiler computes once per row (eager's
+        softmax does the same): a vector division costs as much as several multiplications."""
+        if self.in_inner_loop and v.dtype.is_floating_point and v.args[1].op != "constant" \
+                and b in self.invariant and a not in self.invariant:
+            return f"({a} * (({ctype(v.dtype)})1 / {b}))"
+        return f"({a} / {b})"
 
     def _emit(self, v: Value) -> str:
         t = ctype(v.dtype)
@@ -188,6 +209,8 @@ class BodyWriter:
         elif v.op == "isinf":
             expr = f"({_float_fn('fabs', v.args[0].dtype)}({args[0]}) == " \
                    f"std::numeric_limits<{ctype(v.args[0].dtype)}>::infinity())"
+        elif v.op == "truediv":
+            expr = self._divide(v, *args)
         elif v.op in BINARY:
             expr = BINARY[v.op].format(*args)
         elif v.op in ("fmod", "truncdiv") and not v.dtype.is_floating_point:
@@ -262,6 +285,7 @@ class KernelWriter:
         self.members = {m.buffer.name: m for m in kernel.members}
         self.columns = self._use_columns()
         self.local_ref: dict[str, str] = {}  # member -> C expression of its current value
+        self.row_values: set[str] = set()  # ... those of them that hold one value per row
         # (head lines, loop variables) of a parallel loop whose body generate() outlines
         self.outlined: tuple[int, list[str]] | None = None
         # values a reduction loop stores for a later member to read (_plan_scratch)
@@ -355,7 +379,12 @@ class KernelWriter:
         k = self.kernel
         dims_c = [self.index(d) for d in k.dims]
         numel = ir.product(k.dims)
-        body = (self._columns(dims_c) if self.columns else self._rows(dims_c, numel))
+        if self.columns:
+            from kiln.codegen.cpp_columns import column_loops  # it builds on this module
+
+            body = column_loops(self, dims_c)
+        else:
+            body = self._rows(dims_c, numel)
         sizes = sorted(self.printer.symbols, key=lambda s: s.name)
         params = []
         for name in self.pointers:
@@ -427,6 +456,7 @@ class KernelWriter:
                 for m in members:
                     value = w.emit(k.value(m))
                     self.local_ref[m.buffer.name] = value
+                    self.row_values.add(value)
                     if m.buffer.name not in k.local:
                         self.store(w, m, value)
                 lines += w.lines
@@ -494,7 +524,7 @@ class KernelWriter:
                     parallel: str | None) -> list[str]:
         pragma = self._pragma(inner, reduction, parallel)
         lines, body_indent = self._loop_header(indent, inner, dims_c, pragma)
-        w = BodyWriter(self, body_indent)
+        w = BodyWriter(self, body_indent, in_inner_loop=bool(inner))
         for key, expr in self.scratch_stored.items():
             v, m = self.scratch[key]
             if m in members:  # read back what the reduction loop stored
@@ -545,7 +575,7 @@ class KernelWriter:
             pragma = None
         head, body_indent = self._loop_header(indent, inner, dims_c, pragma)
         lines += head
-        w = BodyWriter(self, body_indent)
+        w = BodyWriter(self, body_indent, in_inner_loop=bool(inner))
         for m, acc, nan, idx in updates:
             body = m.buffer.body
             v = w.emit(self.kernel.value(m))
@@ -573,6 +603,7 @@ class KernelWriter:
             name = self.tmp()
             finish.line(f"const {ctype(out_t)} {name} = ({ctype(out_t)})({result});")
             self.local_ref[m.buffer.name] = name
+            self.row_values.add(name)
             if m.buffer.name not in self.kernel.local:
                 self.store(finish, m, name)
         return lines + finish.lines
@@ -586,106 +617,6 @@ class KernelWriter:
         for d in body.reduced:
             flat = flat * body.full_size[d] + index[d]
         return flat
-
-    # columns ------------------------------------------------------------------------------------
-
-    def _columns(self, dims_c: list[str]) -> list[str]:
-        k = self.kernel
-        tile = COLUMN_TILE
-        rows, cols = dims_c
-        numel = ir.product(k.dims)
-        clause = self._parallel_clause(numel)
-        lines = []
-        if clause is not None:
-            lines.append(f"    #pragma omp parallel for num_threads(kiln_threads){clause}")
-            self.outlined = (2, ["tile"])
-        tiles = f"({cols} + {tile - 1}) / {tile}"
-        lines.append(f"    for (int64_t tile = 0; tile < {tiles}; tile++) {{")
-        lines.append(f"        const int64_t o0 = tile * {tile};")
-        lines.append(f"        const int64_t on = std::min<int64_t>({tile}, {cols} - o0);")
-        ind = "        "
-        for kind, members in self.stages():
-            if kind == REDUCTION:
-                lines += self._column_reduction(ind, rows, members)
-            elif kind == OUTER:
-                arrays = {}
-                for m in members:
-                    arr = self.tmp()
-                    lines.append(f"{ind}{ctype(ir.compute_dtype(m.buffer.dtype))} {arr}[{tile}];")
-                    arrays[m.buffer.name] = arr
-                lines.append(f"{ind}#pragma omp simd")
-                lines.append(f"{ind}for (int64_t j = 0; j < on; j++) {{")
-                lines.append(f"{ind}    const int64_t x1 = o0 + j;")
-                w = BodyWriter(self, ind + "    ")
-                for m in members:
-                    value = w.emit(k.value(m))
-                    w.line(f"{arrays[m.buffer.name]}[j] = {value};")
-                    if m.buffer.name not in k.local:
-                        self.store(w, m, value)
-                lines += w.lines + [ind + "}"]
-                for m in members:
-                    self.local_ref[m.buffer.name] = f"{arrays[m.buffer.name]}[j]"
-            else:
-                lines.append(f"{ind}for (int64_t x0 = 0; x0 < {rows}; x0++) {{")
-                lines.append(f"{ind}    #pragma omp simd")
-                lines.append(f"{ind}    for (int64_t j = 0; j < on; j++) {{")
-                lines.append(f"{ind}        const int64_t x1 = o0 + j;")
-                w = BodyWriter(self, ind + "        ")
-                for m in members:
-                    self.store(w, m, w.emit(k.value(m)))
-                lines += w.lines + [ind + "    }", ind + "}"]
-        lines.append("    }")
-        return lines
-
-    def _column_reduction(self, ind: str, rows: str, members: list[Member]) -> list[str]:
-        tile = COLUMN_TILE
-        lines: list[str] = []
-        accs = []
-        for m in members:
-            body: Reduction = m.buffer.body
-            acc = self.tmp()
-            t = ctype(body.acc_dtype)
-            nan = None
-            lines.append(f"{ind}{t} {acc}[{tile}];")
-            lines.append(f"{ind}for (int64_t j = 0; j < {tile}; j++) {acc}[j] = "
-                         f"{_reduction_init(body.reduction_type, body.acc_dtype)};")
-            if body.reduction_type in ("max", "min") and body.acc_dtype.is_floating_point:
-                nan = self.tmp()
-                lines.append(f"{ind}int {nan}[{tile}] = {{}};")
-            accs.append((m, acc, nan))
-        lines.append(f"{ind}for (int64_t x0 = 0; x0 < {rows}; x0++) {{")
-        lines.append(f"{ind}    #pragma omp simd")
-        lines.append(f"{ind}    for (int64_t j = 0; j < on; j++) {{")
-        lines.append(f"{ind}        const int64_t x1 = o0 + j;")
-        w = BodyWriter(self, ind + "        ")
-        for m, acc, nan in accs:
-            body = m.buffer.body
-            v = w.emit(self.kernel.value(m))
-            kind = body.reduction_type
-            _accumulate(w, kind, body.acc_dtype, f"{acc}[j]", nan and f"{nan}[j]", v)
-        lines += w.lines + [ind + "    }", ind + "}"]
-        arrays = []
-        for m, acc, nan in accs:
-            out_t = ctype(ir.compute_dtype(m.buffer.body.dtype))
-            arr = self.tmp()
-            lines.append(f"{ind}{out_t} {arr}[{tile}];")
-            arrays.append((m, acc, nan, arr, out_t))
-        lines.append(f"{ind}#pragma omp simd")
-        lines.append(f"{ind}for (int64_t j = 0; j < on; j++) {{")
-        lines.append(f"{ind}    const int64_t x1 = o0 + j;")
-        w = BodyWriter(self, ind + "    ")
-        for m, acc, nan, arr, out_t in arrays:
-            result = f"{acc}[j]"
-            if nan:
-                result = f"({nan}[j] ? std::numeric_limits<{out_t}>::quiet_NaN() : " \
-                         f"({out_t}){acc}[j])"
-            w.line(f"{arr}[j] = ({out_t})({result});")
-            self.local_ref[m.buffer.name] = f"{arr}[j]"
-            if m.buffer.name not in self.kernel.local:
-                self.store(w, m, f"{arr}[j]")
-        lines += w.lines + [ind + "}"]
-        return lines
-
 
 def generate_kernel(kernel: Kernel, dtypes: dict[str, torch.dtype]) -> KernelSource:
     return KernelWriter(kernel, dtypes).generate()

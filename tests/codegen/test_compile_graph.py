@@ -180,3 +180,15 @@ def test_softmax_computes_each_exponential_once(caplog):
         _check(lambda x: torch.softmax(x, -1), torch.randn(64, 300), backward=False)
     # (the log holds the wrapper and the kernels, not the prelude's declarations)
     assert caplog.text.count("expf(") == 1
+
+
+def test_division_by_a_row_value_multiplies_by_its_reciprocal(caplog):
+    # softmax's division by the row's sum: one reciprocal per row, a multiplication per
+    # element (as eager's softmax); a divisor that changes along the row stays a division
+    def fn(x, y):
+        return torch.softmax(x, -1), x / y, x / 3.0
+    x, y = torch.randn(16, 300), torch.rand(16, 300) + 0.5
+    with kiln.logs.set_logs(output_code=True), caplog.at_level(logging.INFO, "kiln"):
+        _check(fn, x, y, backward=False)
+    assert caplog.text.count("* ((float)1 / ") == 1
+    assert " / 3.0f)" in caplog.text
