@@ -46,13 +46,11 @@ def ctype(dtype: torch.dtype) -> str:
     return CTYPES[dtype]
 
 
-# --- index expressions -------------------------------------------------------------------------
-
-
-
 # --- scalar expressions ------------------------------------------------------------------------
 
 def _float_fn(name: str, dtype: torch.dtype) -> str:
+    if name == "erf" and dtype != torch.float64:
+        return "kiln_erff"  # the prelude's rational erf: vectorizes without a libm call
     return name + ("f" if dtype != torch.float64 else "")
 
 
