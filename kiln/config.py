@@ -138,6 +138,19 @@ worker_start_method = _entry(
     "How compile workers start: 'fork' (fast to start, copies this process) or 'spawn' (a "
     "fresh interpreter each; safe where forking this process is not, e.g. with threads "
     "holding locks).")
+cpp_parallel_threshold = _entry(
+    "cpp_parallel_threshold", 32768,
+    "Elements below which a generated C++ kernel runs on one thread (no OpenMP team).",
+    changes_generated_code=True)
+
+# --- caches (torch._inductor.config) --------------------------------------------------------
+fx_graph_cache = _entry(
+    "fx_graph_cache", True,
+    "Store compiled graphs on disk (cache_dir()/fxgraph) and load them in later processes.")
+fx_graph_remote_cache = _entry(
+    "fx_graph_remote_cache", False,
+    "Also look compiled graphs up in, and store them to, the remote cache (Redis at "
+    "KILN_REDIS_HOST / KILN_REDIS_PORT).")
 
 
 def patch(arg1: str | dict[str, Any] | None = None, arg2: Any = None, **kwargs: Any) -> ConfigPatch:

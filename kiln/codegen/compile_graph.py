@@ -20,16 +20,22 @@ import torch
 import torch.fx
 
 from kiln import config, logs
-from kiln.codegen import cpp
+from kiln.aot.python_runner import python_function
+from kiln.cache.dirs import register_in_memory_cache
+from kiln.codegen import cpp, cpp_compiler
 from kiln.codegen.async_compile import AsyncCompile
 from kiln.codegen.cpp_prelude import prelude
 from kiln.codegen.ir import Buffer, ExternCall, InputBuffer
 from kiln.codegen.lowering import lower
 from kiln.codegen.scheduler import Kernel, schedule
-from kiln.codegen.wrapper import WrapperWriter
+from kiln.codegen.wrapper import WrapperWriter, _fresh_tensor
 from kiln.counters import counters, metrics
 
 log = logging.getLogger("kiln.codegen")
+
+# kiln.cache.clear_caches() forgets the loaded kernel libraries too (cpp_compiler.py itself
+# imports nothing of kiln: compile workers load it without torch)
+register_in_memory_cache(cpp_compiler.clear_memory_cache)
 
 
 @dataclasses.dataclass
@@ -73,36 +79,100 @@ def _outputs_alias(lowered: Any) -> bool:
     return any(len(buffers) > 1 for buffers in storages.values())
 
 
+@dataclasses.dataclass
+class GraphArtifact:
+    """A compiled graph as plain, picklable data: what :func:`load_artifact` needs to make
+    the callable without compiling (the FX graph cache stores it). ``globals`` names each
+    value the wrapper reads: ``("kernel", name)``, ``("op", namespace, op, overload)``,
+    ``("builtin", name)`` or ``("value", python value)``; ``libraries`` are the kernel
+    sources with the built shared objects' bytes (None until read), ``kernels`` where each
+    kernel is: (library index, pointer count, size count)."""
+
+    wrapper_source: str
+    globals: dict[str, tuple[Any, ...]]
+    libraries: list[tuple[str, bytes | None]]
+    kernels: dict[str, tuple[int, int, int]]
+    compiled: CompiledGraph
+
+
+_BUILTINS = {"empty_strided": torch.empty_strided, "fresh": _fresh_tensor,
+             "threads": torch.get_num_threads}
+
+
+def _encode(value: Any) -> tuple[Any, ...]:
+    if isinstance(value, cpp.KernelSource):
+        return ("kernel", value.name)
+    if isinstance(value, torch._ops.OpOverload):
+        namespace, op = value._schema.name.split("::")
+        return ("op", namespace, op, value._overloadname)
+    for name, builtin in _BUILTINS.items():
+        if value is builtin:
+            return ("builtin", name)
+    return ("value", value)
+
+
+def _decode(spec: tuple[Any, ...], functions: dict[str, Any]) -> Any:
+    kind = spec[0]
+    if kind == "kernel":
+        return functions[spec[1]]
+    if kind == "op":
+        _, namespace, op, overload = spec
+        return getattr(getattr(getattr(torch.ops, namespace), op), overload)._op
+    if kind == "builtin":
+        return _BUILTINS[spec[1]]
+    return spec[1]
+
+
 def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
-    """``gm`` compiled to C++ kernels and a wrapper; a boxed callable (``call(args)``)."""
+    """``gm`` compiled to C++ kernels and a wrapper; a boxed callable (``call(args)``).
+    Through the FX graph cache (kiln/cache): a graph compiled before, in this process or
+    another, is loaded instead of compiled."""
+    from kiln.cache.fx_graph import FxGraphCache
+
+    started = time.perf_counter()
     try:
-        return _compile(gm)
+        return FxGraphCache.load(gm, example_inputs, lambda: _generate(gm, started),
+                                 load_artifact, _replay)
     except (NotImplementedError, RecursionError) as e:
         # a form code generation does not handle yet (a symbolic size function it cannot
         # print, a pointwise chain too deep to inline): the graph runs op by op, correctly
-        from kiln.aot.python_runner import python_function
         log.warning("kiln: this graph runs op by op (no code generated): %s: %s",
                     type(e).__name__, str(e)[:200])
         counters["codegen"]["graphs_run_by_aten"] += 1
         return python_function(gm)
+    except _RunByAten:
+        return python_function(gm)
 
 
-def _compile(gm: torch.fx.GraphModule) -> Callable[..., Any]:
-    started = time.perf_counter()
+class _RunByAten(Exception):
+    """The graph runs op by op (on another device, or with aliased outputs)."""
+
+
+def _replay(artifact: Any, key: str) -> None:
+    """What a compile would have counted, on a cache hit (torch replays its metrics)."""
+    from kiln.cache.pycode import PyCodeCache
+
+    if isinstance(artifact, GraphArtifact):
+        metrics.generated_kernel_count += artifact.compiled.kernel_count
+        if not PyCodeCache.path_of(PyCodeCache.key_of(artifact.wrapper_source, key)).exists():
+            counters["codegen"]["fxgraph_lookup_write_file"] += 1
+
+
+def _generate(gm: torch.fx.GraphModule, started: float) -> GraphArtifact | str:
+    """Lower, schedule and generate ``gm``; its kernels built. The string "aten" for a
+    graph that runs op by op."""
     lowered, lowering = lower(gm)
     if lowered.device.type != "cpu":
-        from kiln.aot.python_runner import python_function
         log.info("kiln: a graph on %s runs op by op (no code generation for it yet)",
                  lowered.device)
-        return python_function(gm)
+        return "aten"
     if _outputs_alias(lowered):
         # an output that is an input, or a view of one or of another output: eager's view
         # ops give each such output its own tensor object and view metadata, which the AOT
         # runtime relies on; the aten ops of the graph give exactly that
-        from kiln.aot.python_runner import python_function
         log.debug("kiln: a graph whose outputs alias its inputs or each other runs op by op")
         counters["codegen"]["graphs_run_by_aten"] += 1
-        return python_function(gm)
+        return "aten"
     sched = schedule(lowered)
     dtypes: dict[str, torch.dtype] = {inp.name: inp.dtype for inp in lowered.inputs
                                       if isinstance(inp, Buffer)}
@@ -114,34 +184,53 @@ def _compile(gm: torch.fx.GraphModule) -> Callable[..., Any]:
             dtypes[step.name] = step.dtype
     kernels = [step for step in sched.steps if isinstance(step, Kernel)]
     sources = {k.name: cpp.generate_kernel(k, dtypes) for k in kernels}
-    writer = WrapperWriter(sched, sources)
-    wrapper = writer.generate()
+    wrapper = WrapperWriter(sched, sources).generate()
     chunks = _split(list(sources.values()))
-    libraries = AsyncCompile().compile_many(
-        prelude() + "\n" + "\n".join(k.source for k in chunk) for chunk in chunks)
-    library_of = {k.name: lib for chunk, lib in zip(chunks, libraries) for k in chunk}
+    texts = [prelude() + "\n" + "\n".join(k.source for k in chunk) for chunk in chunks]
+    libraries = AsyncCompile().compile_many(texts)
+    kernel_places = {k.name: (i, len(k.pointers), len(k.sizes))
+                     for i, chunk in enumerate(chunks) for k in chunk}
     cpp_source = prelude() + "\n" + "\n".join(s.source for s in sources.values())
-    namespace: dict[str, Any] = dict(wrapper.globals)
-    namespace["threads"] = torch.get_num_threads
-    for name, value in list(namespace.items()):
-        if isinstance(value, cpp.KernelSource):
-            argtypes = [ctypes.c_void_p] * len(value.pointers) + \
-                [ctypes.c_int64] * len(value.sizes) + [ctypes.c_int]
-            namespace[name] = library_of[value.name].function(value.name, argtypes)
-    exec(compile(wrapper.source, f"<kiln wrapper {id(gm):x}>", "exec"), namespace)
-    call = namespace["call"]
-    call._boxed_call = True
-    metrics.generated_kernel_count += len(sources)
-    counters["codegen"]["graphs_compiled"] += 1
     compiled = CompiledGraph(wrapper.source, cpp_source if sources else "", len(sources),
                              lowering.extern_count, lowering.fallback_ops)
-    call._kiln_compiled = compiled
+    metrics.generated_kernel_count += len(sources)
+    counters["codegen"]["graphs_compiled"] += 1
     if lowering.fallback_ops:
         log.debug("kiln: ops run as aten calls: %s", sorted(set(lowering.fallback_ops)))
     logs.log_artifact("output_code", "kiln output code (%.0f ms):\n%s\n%s",
                       (time.perf_counter() - started) * 1e3, wrapper.source,
                       "\n".join(s.source for s in sources.values()))
+    return GraphArtifact(
+        wrapper.source, {name: _encode(v) for name, v in wrapper.globals.items()},
+        [(text, lib.path.read_bytes()) for text, lib in zip(texts, libraries)],
+        kernel_places, compiled)
+
+
+def load_artifact(artifact: GraphArtifact | str, key: str) -> Callable[..., Any]:
+    """The callable of a compiled graph: its kernel libraries loaded (built from their
+    bytes, or compiled again, where the C++ cache lacks them) and its wrapper executed as a
+    module of the PyCodeCache."""
+    from kiln.cache.pycode import PyCodeCache
+
+    if isinstance(artifact, str):
+        raise _RunByAten()
+    texts = [text for text, _ in artifact.libraries]
+    for text, data in artifact.libraries:
+        job = cpp_compiler.plan(text)
+        if data is not None and not cpp_compiler.is_built(job):
+            cpp_compiler.install(job, data)
+    libraries = AsyncCompile().compile_many(texts)
+    functions = {}
+    for name, (index, n_pointers, n_sizes) in artifact.kernels.items():
+        argtypes = [ctypes.c_void_p] * n_pointers + [ctypes.c_int64] * n_sizes + [ctypes.c_int]
+        functions[name] = libraries[index].function(name, argtypes)
+    namespace = {name: _decode(spec, functions) for name, spec in artifact.globals.items()}
+    namespace.update(_BUILTINS)
+    module = PyCodeCache.load(artifact.wrapper_source, namespace, key or f"{id(artifact):x}")
+    call = module.call
+    call._boxed_call = True
+    call._kiln_compiled = artifact.compiled
     return call
 
 
-__all__ = ["CompiledGraph", "compile_graph"]
+__all__ = ["CompiledGraph", "GraphArtifact", "compile_graph", "load_artifact"]

@@ -26,6 +26,7 @@ from typing import Any
 import sympy
 import torch
 
+from kiln import config
 from kiln.codegen import ir
 from kiln.codegen.ir import Reduction, Value
 from kiln.codegen.printers import IndexPrinter
@@ -39,7 +40,6 @@ CTYPES = {
 }
 
 SCRATCH_ROW_LIMIT = 16384  # elements of a row kept in cache between two loops over it
-PARALLEL_THRESHOLD = 32768  # elements below which a kernel runs on one thread
 
 
 def ctype(dtype: torch.dtype) -> str:
@@ -420,9 +420,10 @@ class KernelWriter:
         return function, head + [call]
 
     def _parallel_clause(self, numel: ir.Expr) -> str | None:
+        threshold = config.cpp_parallel_threshold
         if numel.is_Integer:
-            return "" if int(numel) >= PARALLEL_THRESHOLD else None
-        return f" if({self.index(numel)} >= {PARALLEL_THRESHOLD})"
+            return "" if int(numel) >= threshold else None
+        return f" if({self.index(numel)} >= {threshold})"
 
     # rows ---------------------------------------------------------------------------------------
 

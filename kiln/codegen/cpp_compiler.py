@@ -51,13 +51,10 @@ class CppCompileError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels live: ``$KILN_CACHE_DIR/cpp``, else ``~/.cache/kiln/cpp``.
-    Read on every call so a test (or a user) can point it elsewhere at run time."""
-    root = os.environ.get("KILN_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "kiln"
-    path = base / "cpp"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where compiled kernels live: ``kiln.cache.cache_dir() / "cpp"`` (read on every call
+    so a test, or a user, can point it elsewhere at run time)."""
+    from kiln.cache.dirs import subdir
+    return subdir("cpp")
 
 
 def cxx() -> str:
@@ -163,6 +160,14 @@ def _write_atomically(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(temp, path)
+
+
+def install(job: CompileJob, library: bytes) -> None:
+    """Put a library built elsewhere (an FX graph cache entry holds its bytes) where
+    ``job`` builds it, atomically; :func:`load` still checks it is a whole ELF file."""
+    from kiln.cache.store import write_atomic
+    _write_atomically(job.source_path, job.source)
+    write_atomic(job.library_path, library)
 
 
 def begin_build(job: CompileJob) -> PendingBuild:

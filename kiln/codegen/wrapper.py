@@ -190,8 +190,7 @@ class WrapperWriter:
         self.line(f"{fn}({', '.join(args)})")
 
     def _extern(self, call: ExternCall) -> None:
-        op = self.global_for(call.op._op if type(call.op) is torch._ops.OpOverload
-                             else call.op, "aten")
+        op = self.global_for(call.op, "aten")  # (the loader calls an OpOverload's ._op)
         args = [self.render_arg(a) for a in call.args]
         args += [f"{k}={self.render_arg(v)}" for k, v in call.kwargs.items()]
         result = f"{op}({', '.join(args)})"
