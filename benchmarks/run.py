@@ -31,6 +31,10 @@ Benchmarks (``--only NAME``, repeatable):
   (target: kiln faster than eager); ``cold_compile`` -- compile to the first forward+backward
   result of that block with empty caches (target: kiln <= 0.2x torch.compile's time)
   (benchmarks/codegen.py). Not in the default set.
+* ``warm_start`` -- a new process compiling that block to its first result with the disk
+  cache a previous process filled, kiln against its own cold time (target <= 0.1x) and
+  against torch.compile's warm start (target <= 0.5x) (benchmarks/warm_start.py). Not in
+  the default set.
 
 Prints a table and writes every figure, with the min and the median over rounds and the
 machine's description, to ``benchmarks/results/<name>-<date>.csv`` (``--name`` defaults to
@@ -59,7 +63,7 @@ from typing import Any
 import torch
 
 import kiln
-from benchmarks import codegen, kernels, models, training
+from benchmarks import codegen, kernels, models, training, warm_start
 from benchmarks.timing import (
     EAGER,
     KILN,
@@ -319,9 +323,10 @@ BENCHMARKS: dict[str, Callable[[Settings], list[Row]]] = {
     "kernels": kernels.bench_kernels,
     "codegen_train": codegen.bench_codegen_train,
     "cold_compile": codegen.bench_cold_compile,
+    "warm_start": warm_start.bench_warm_start,
 }
 # run only when named with --only (minutes of inductor compiles)
-OPT_IN = {"kernels", "codegen_train", "cold_compile"}
+OPT_IN = {"kernels", "codegen_train", "cold_compile", "warm_start"}
 
 
 # ----------------------------------------------------------------------------------------------

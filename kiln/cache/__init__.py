@@ -1,6 +1,7 @@
 """kiln's compiled-code caches (torch's ``torch._inductor.codecache``): cache directories,
-the FX graph cache and its keys, generated Python modules. The C++ kernel libraries are
-cached by kiln/codegen/cpp_compiler.py under ``cache_dir() / "cpp"``."""
+the FX graph cache and its keys, the remote (Redis) store, generated Python modules. The
+C++ kernel libraries are cached by kiln/codegen/cpp_compiler.py under
+``cache_dir() / "cpp"``."""
 
 from kiln.cache.dirs import cache_dir, clear_caches, fresh_cache
 from kiln.cache.fx_graph import FxGraphCache
@@ -12,6 +13,7 @@ from kiln.cache.hashing import (
     TensorMetadataAndValues,
 )
 from kiln.cache.pycode import PyCodeCache
+from kiln.cache.remote import RedisRemoteCacheBackend, RemoteCacheBackend
 
 __all__ = [
     "BypassFxGraphCache",
@@ -19,6 +21,8 @@ __all__ = [
     "FxGraphCachePickler",
     "FxGraphHashDetails",
     "PyCodeCache",
+    "RedisRemoteCacheBackend",
+    "RemoteCacheBackend",
     "TensorMetadata",
     "TensorMetadataAndValues",
     "cache_dir",

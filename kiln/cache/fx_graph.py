@@ -28,7 +28,7 @@ import torch
 from kiln import config
 from kiln.cache.dirs import cache_dir, subdir
 from kiln.cache.hashing import BypassFxGraphCache, compiled_fx_graph_hash, sha256_hash
-from kiln.cache.store import read_entry, write_entry
+from kiln.cache.store import pack, read_entry, unpack, write_entry
 from kiln.counters import counters
 
 log = logging.getLogger("kiln.cache")
@@ -69,6 +69,29 @@ def _holds(guards: list[str], hints: dict[str, int]) -> bool:
     return True
 
 
+def _remote_get(key: str) -> bytes | None:
+    from kiln.cache import remote
+    try:
+        data = remote.remote_backend().get(key)
+    except Exception as e:  # noqa: BLE001 - a failing remote is a miss, never an error
+        remote._warn_once(f"get {type(e).__name__}", f"kiln: the remote cache failed: {e}")
+        return None
+    if data is None:
+        return None
+    payload, why = unpack(data)
+    if payload is None:
+        log.warning("kiln cache: discarding the remote FX graph entry %s: %s", key, why)
+    return payload
+
+
+def _remote_put(key: str, payload: bytes) -> None:
+    from kiln.cache import remote
+    try:
+        remote.remote_backend().put(key, pack(payload))
+    except Exception as e:  # noqa: BLE001 - a failing remote loses nothing locally
+        remote._warn_once(f"put {type(e).__name__}", f"kiln: the remote cache failed: {e}")
+
+
 class FxGraphCache:
     """Lookup, save and clear of compiled graphs (see the module doc)."""
 
@@ -90,7 +113,22 @@ class FxGraphCache:
                     payload = read_entry(path)
                     if payload is not None:
                         candidates.append(payload)
-        for payload in candidates:
+        found = cls._first_holding(key, candidates, hints)
+        if found is None and config.fx_graph_remote_cache:
+            payload = _remote_get(key)
+            found = cls._first_holding(key, [payload] if payload is not None else [], hints)
+            if found is not None and config.fx_graph_cache:  # a remote hit fills the local store
+                cls._write_local(key, payload)
+        if found is None:
+            return None
+        guards, artifact = found
+        cls._add_guards(guards, envs)
+        return artifact
+
+    @staticmethod
+    def _first_holding(key: str, payloads: list[bytes],
+                       hints: dict[str, int]) -> tuple[list[str], Any] | None:
+        for payload in payloads:
             try:
                 entry = pickle.loads(payload)
                 guards, artifact = entry["guards"], entry["artifact"]
@@ -98,9 +136,16 @@ class FxGraphCache:
                 log.warning("kiln cache: an FX graph entry of %s cannot be read: %s", key, e)
                 continue
             if _holds(guards, hints):
-                cls._add_guards(guards, envs)
-                return artifact
+                return guards, artifact
         return None
+
+    @classmethod
+    def _write_local(cls, key: str, payload: bytes) -> None:
+        try:
+            write_entry(cls._dir(key) / sha256_hash(payload), payload)
+        except OSError as e:
+            counters["codegen"]["fxgraph_cache_write_error"] += 1
+            log.warning("kiln cache: cannot write the FX graph entry %s: %s", key, e)
 
     @staticmethod
     def _add_guards(guards: list[str], envs: list[Any]) -> None:
@@ -125,11 +170,9 @@ class FxGraphCache:
             log.info("kiln cache: the compiled graph %s is not stored: %s", key, e)
             return
         if config.fx_graph_cache:
-            try:
-                write_entry(cls._dir(key) / sha256_hash(payload), payload)
-            except OSError as e:
-                counters["codegen"]["fxgraph_cache_write_error"] += 1
-                log.warning("kiln cache: cannot write the FX graph entry %s: %s", key, e)
+            cls._write_local(key, payload)
+        if config.fx_graph_remote_cache:
+            _remote_put(key, payload)
 
     @staticmethod
     def clear() -> None:
