@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -29,5 +30,5 @@ def test_cache_info_and_clear(capsys):
 def test_the_module_runs_as_a_command(tmp_path):
     out = subprocess.run([sys.executable, "-m", "kiln.cli", "cache", "info"], text=True,
                          capture_output=True, check=True,
-                         env={"KILN_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+                         env={**os.environ, "KILN_CACHE_DIR": str(tmp_path)})
     assert f"kiln cache at {tmp_path}" in out.stdout
