@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-KINDS = ("cpp", "fxgraph", "pycode")
+KINDS = ("cpp", "fxgraph", "aotautograd", "pycode")
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -34,8 +34,8 @@ def cache_info() -> str:
     for kind in KINDS:
         count, size = _size(root / kind)
         total += size
-        lines.append(f"  {kind:<8} {count:>6} files  {_human(size):>10}")
-    lines.append(f"  {'total':<8} {'':>6}        {_human(total):>10}")
+        lines.append(f"  {kind:<11} {count:>6} files  {_human(size):>10}")
+    lines.append(f"  {'total':<11} {'':>6}        {_human(total):>10}")
     return "\n".join(lines)
 
 

@@ -101,6 +101,15 @@ force_parameter_static_shapes = _entry(
     "nn.Parameter sizes are never symbolic.")
 
 # --- AOT autograd (torch._functorch.config) ----------------------------------------------------
+enable_autograd_cache = _entry(
+    "enable_autograd_cache", True,
+    "Store compiled AOT functions (the traced, partitioned forward and backward and their "
+    "runtime metadata) on disk (cache_dir()/aotautograd), so a later process skips tracing "
+    "too. Its local store is on with fx_graph_cache; an entry refers to FX graph entries.")
+autograd_remote_cache = _entry(
+    "autograd_remote_cache", False,
+    "Also look compiled AOT functions up in, and store them to, the remote cache (as "
+    "fx_graph_remote_cache does for FX graphs).")
 debug_assert = _entry(
     "debug_assert", False,
     "Check, on every call of an AOT-compiled function, what its compile assumed about its "

@@ -23,10 +23,18 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from kiln import config
+from kiln.aot.autograd_cache import (
+    AotAutogradCache,
+    AotRecipe,
+    build_runtime,
+    graph_loader,
+    pipeline_options,
+    recipe_for,
+)
 from kiln.aot.errors import AotUnsupported
 from kiln.aot.metadata import AotMetadata, collect_metadata
 from kiln.aot.partition import default_partition
-from kiln.aot.runtime import call_compiled, make_inference_runtime, make_training_runtime
+from kiln.aot.runtime import call_compiled
 from kiln.aot.synthetic_base import SyntheticBases, groups_sharing_mutated
 from kiln.aot.trace import (
     differentiable_outputs,
@@ -88,20 +96,28 @@ def compile_flat(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[Any]
     groups = groups_sharing_mutated(fake_args, meta.mutated_inputs, _may_overlap)
     if groups:
         return _compile_with_synthetic_bases(flat_fn, fake_args, fake_mode, groups, options)
-    run = _compile_graphs(flat_fn, fake_args, fake_mode, meta, **options)
+    return unless_aliased(_compile_graphs(flat_fn, fake_args, fake_mode, meta, **options),
+                          meta, flat_fn)
+
+
+def unless_aliased(run: Callable[..., list[Any]], meta: AotMetadata,
+                   flat_fn: Callable[..., Sequence[Any]]) -> Callable[..., list[Any]]:
+    """``run``, or ``flat_fn`` run eagerly for calls whose inputs share memory with a
+    mutated input (``run`` was compiled for inputs that share none)."""
     if not meta.mutated_inputs:
         return run
     mutated = meta.mutated_inputs
 
     def run_unless_aliased(*args: Any) -> list[Any]:
-        # compiled for inputs that share no memory: called with views of one another, a
-        # mutation through one must show through the others, which only eager gives
+        # called with views of one another, a mutation through one must show through the
+        # others, which only eager gives
         if any(isinstance(a, torch.Tensor) and a._base is not None for a in args) and \
                 groups_sharing_mutated(args, mutated, _may_overlap):
             return list(flat_fn(*args))
         return run(*args)
 
     run_unless_aliased._kiln_aot_meta = meta  # type: ignore[attr-defined]
+    run_unless_aliased._kiln_aot_recipe = getattr(run, "_kiln_aot_recipe", None)  # type: ignore[attr-defined]
     return run_unless_aliased
 
 
@@ -163,7 +179,7 @@ def _compile_graphs(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence[A
         gm = trace(inference_function(flat_fn, meta), [list(fake_args)], fake_mode,
                    decompositions)
         compiled = (inference_compiler or fw_compiler)(gm, list(fake_args))
-        return make_inference_runtime(compiled, meta)
+        return build_runtime(recipe_for("inference", meta, [compiled]), [compiled])
     return _compile_training(flat_fn, fake_args, fake_mode, meta, fw_compiler,
                              bw_compiler or fw_compiler, partition_fn, decompositions)
 
@@ -186,8 +202,10 @@ def _compile_training(flat_fn: Callable[..., Sequence[Any]], fake_args: Sequence
     num_saved_tensors = sum(isinstance(v, torch.Tensor) for v in bw_inputs[:num_saved])
     compiled_fw = fw_compiler(fw_gm, list(fake_args))
     compiled_bw = bw_compiler(bw_gm, bw_inputs)
-    return make_training_runtime(compiled_fw, compiled_bw, meta, num_saved, num_saved_tensors,
-                                 enable_grad=not torch.is_grad_enabled())
+    recipe = recipe_for("training", meta, [compiled_fw, compiled_bw], num_saved=num_saved,
+                        num_saved_tensors=num_saved_tensors,
+                        enable_grad=not torch.is_grad_enabled())
+    return build_runtime(recipe, [compiled_fw, compiled_bw])
 
 
 def _fake_args(flat_args: Sequence[Any], dynamic: bool = False) -> tuple[list[Any], Any]:
@@ -226,6 +244,13 @@ class _Deduplicated:
             return flat_fn(*(kept[s] for s in self.source))
         return deduped
 
+    def wrap_run(self, run: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+        def run_deduplicated(*args: Any) -> list[Any]:
+            return run(*self.select(args))
+
+        run_deduplicated._kiln_aot_recipe = getattr(run, "_kiln_aot_recipe", None)  # type: ignore[attr-defined]
+        return run_deduplicated
+
     def select(self, flat_args: Sequence[Any]) -> list[Any]:
         if config.debug_assert:
             for i, s in enumerate(self.source):
@@ -242,12 +267,19 @@ def compile_deduplicated(flat_fn: Callable[..., Any], flat_args: Sequence[Any],
     dedupe = _Deduplicated(flat_args)
     if not dedupe.any:
         return compile_flat(flat_fn, flat_args, fake_mode, **options)
-    run = compile_flat(dedupe.wrap_fn(flat_fn), dedupe.select(flat_args), fake_mode, **options)
+    return dedupe.wrap_run(compile_flat(dedupe.wrap_fn(flat_fn), dedupe.select(flat_args),
+                                        fake_mode, **options))
 
-    def run_deduplicated(*args: Any) -> list[Any]:
-        return run(*dedupe.select(args))
 
-    return run_deduplicated
+def rebuild_deduplicated(recipe: AotRecipe, graphs: list[Callable[..., Any]],
+                         flat_fn: Callable[..., Any], flat_args: Sequence[Any]
+                         ) -> Callable[..., list[Any]]:
+    """What :func:`compile_deduplicated` returns, from a cached recipe and its graphs."""
+    dedupe = _Deduplicated(flat_args)
+    if dedupe.any:
+        flat_fn = dedupe.wrap_fn(flat_fn)
+    run = unless_aliased(build_runtime(recipe, graphs), recipe.meta, flat_fn)
+    return dedupe.wrap_run(run) if dedupe.any else run
 
 
 # --- public entry points ---------------------------------------------------------------------
@@ -347,11 +379,25 @@ def aot_module_simplified(mod: nn.Module, args: Sequence[Any], fw_compiler: Comp
     if num_params and detect_fake_mode(list(args)) is not None:
         with mode:
             fakes = [mode.from_tensor(p) for p in params] + list(args)
-    run = compile_deduplicated(flat_fn, fakes, mode, fw_compiler=fw_compiler,
-                               bw_compiler=bw_compiler, partition_fn=partition_fn,
-                               decompositions=decompositions,
-                               inference_compiler=inference_compiler)
-    unflatten = _unflattener(out_spec[0])
+    options = dict(fw_compiler=fw_compiler, bw_compiler=bw_compiler,
+                   partition_fn=partition_fn, decompositions=decompositions,
+                   inference_compiler=inference_compiler)
+
+    def compile_fn() -> tuple[Callable[..., list[Any]], Any]:
+        return compile_deduplicated(flat_fn, fakes, mode, **options), out_spec[0]
+
+    loader = graph_loader(fw_compiler, bw_compiler, inference_compiler)
+    if loader is not None and isinstance(mod, torch.fx.GraphModule):
+        key_options = pipeline_options(
+            **options, keep_inference_input_mutations=keep_inference_input_mutations,
+            same_tensor=_Deduplicated(fakes).source)
+        run, spec = AotAutogradCache.load(
+            mod, fakes, key_options, compile_fn,
+            lambda recipe, graphs: rebuild_deduplicated(recipe, graphs, flat_fn, fakes),
+            loader)
+    else:
+        run, spec = compile_fn()
+    unflatten = _unflattener(spec)
 
     # the parameters as they are now, as torch's: a module whose parameters are replaced
     # later is compiled again by capture's guards

@@ -16,6 +16,7 @@ Counters (``kiln.counters["codegen"]``, torch's ``counters["inductor"]``):
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import shutil
@@ -58,30 +59,40 @@ def _symbols(example_inputs: list[Any]) -> tuple[dict[str, int], list[Any]]:
     return hints, list(envs.values())
 
 
+@functools.cache
+def _sympy_names() -> dict[str, Any]:
+    """torch's sympy functions by name (``FloorDiv``, ``Mod``, ``CeilToInt``...): a guard
+    read back must be made of the classes the ShapeEnv uses, not sympy's look-alikes."""
+    import torch.utils._sympy.functions as functions
+
+    return {name: value for name, value in vars(functions).items()
+            if isinstance(value, type) and issubclass(value, sympy.Basic)
+            and value.__module__ == functions.__name__}
+
+
+def guard_text(expr: Any) -> str:
+    """A guard as text that reads back as the same expression (sympy's ``srepr``)."""
+    return sympy.srepr(expr)
+
+
+def parse_guard(text: str) -> Any:
+    return sympy.sympify(text, locals=_sympy_names())
+
+
 def _holds(guards: list[str], hints: dict[str, int]) -> bool:
     for text in guards:
-        expr = sympy.sympify(text, locals={n: sympy.Symbol(n, integer=True) for n in hints})
-        if expr.free_symbols - {sympy.Symbol(n, integer=True) for n in hints}:
+        try:
+            expr = parse_guard(text)
+            symbols = {s.name: s for s in expr.free_symbols}
+            if symbols.keys() - hints.keys():
+                return False
+            value = expr.subs({s: hints[name] for name, s in symbols.items()})
+        except Exception as e:  # noqa: BLE001 - a guard kiln cannot read: the entry is unusable
+            log.debug("kiln cache: guard %s cannot be evaluated: %s", text, e)
             return False
-        value = expr.subs({sympy.Symbol(n, integer=True): v for n, v in hints.items()})
         if value is not sympy.true and value is not True:
             return False
     return True
-
-
-def _remote_get(key: str) -> bytes | None:
-    from kiln.cache import remote
-    try:
-        data = remote.remote_backend().get(key)
-    except Exception as e:  # noqa: BLE001 - a failing remote is a miss, never an error
-        remote._warn_once(f"get {type(e).__name__}", f"kiln: the remote cache failed: {e}")
-        return None
-    if data is None:
-        return None
-    payload, why = unpack(data)
-    if payload is None:
-        log.warning("kiln cache: discarding the remote FX graph entry %s: %s", key, why)
-    return payload
 
 
 def _remote_put(key: str, payload: bytes) -> None:
@@ -93,18 +104,44 @@ def _remote_put(key: str, payload: bytes) -> None:
 
 
 class FxGraphCache:
-    """Lookup, save and clear of compiled graphs (see the module doc)."""
+    """Lookup, save and clear of compiled graphs (see the module doc). The AOT autograd
+    cache (kiln/aot/autograd_cache.py) stores its entries the same way, in its own
+    subfolder and with its own counters: the class attributes say which."""
+
+    SUBDIR = "fxgraph"
+    COUNTER_GROUP = "codegen"
+    COUNTER_PREFIX = "fxgraph_cache"
+    WHAT = "FX graph"
 
     @staticmethod
-    def _dir(key: str) -> Any:
-        return subdir("fxgraph") / key[1:3] / key
+    def _local_on() -> bool:
+        return bool(config.fx_graph_cache)
+
+    @staticmethod
+    def _remote_on() -> bool:
+        return bool(config.fx_graph_remote_cache)
+
+    @classmethod
+    def _dir(cls, key: str) -> Any:
+        return subdir(cls.SUBDIR) / key[1:3] / key
+
+    @classmethod
+    def _count(cls, event: str) -> None:
+        counters[cls.COUNTER_GROUP][f"{cls.COUNTER_PREFIX}_{event}"] += 1
 
     @classmethod
     def lookup(cls, key: str, example_inputs: list[Any]) -> Any | None:
         """The artifact of the first entry of ``key`` whose guards hold, or None."""
+        found = cls.lookup_entry(key, example_inputs)
+        return None if found is None else found[0]
+
+    @classmethod
+    def lookup_entry(cls, key: str, example_inputs: list[Any]) -> tuple[Any, str] | None:
+        """(artifact, entry name) of the first entry of ``key`` whose guards hold for the
+        sizes of ``example_inputs`` (its guards then added to their ShapeEnv), or None."""
         hints, envs = _symbols(example_inputs)
-        candidates: list[bytes] = []
-        if config.fx_graph_cache:
+        candidates: list[tuple[str, bytes]] = []
+        if cls._local_on():
             directory = cls._dir(key)
             if directory.is_dir():
                 for path in sorted(directory.iterdir()):
@@ -112,31 +149,67 @@ class FxGraphCache:
                         continue  # a write in progress
                     payload = read_entry(path)
                     if payload is not None:
-                        candidates.append(payload)
+                        candidates.append((path.name, payload))
         found = cls._first_holding(key, candidates, hints)
-        if found is None and config.fx_graph_remote_cache:
-            payload = _remote_get(key)
-            found = cls._first_holding(key, [payload] if payload is not None else [], hints)
-            if found is not None and config.fx_graph_cache:  # a remote hit fills the local store
-                cls._write_local(key, payload)
+        if found is None and cls._remote_on():
+            payload = cls._remote_get(key)
+            remote = [(sha256_hash(payload), payload)] if payload is not None else []
+            found = cls._first_holding(key, remote, hints)
+            if found is not None and cls._local_on():  # a remote hit fills the local store
+                cls._write_local(key, remote[0][1])
         if found is None:
             return None
-        guards, artifact = found
+        guards, artifact, name = found
         cls._add_guards(guards, envs)
-        return artifact
+        return artifact, name
 
-    @staticmethod
-    def _first_holding(key: str, payloads: list[bytes],
-                       hints: dict[str, int]) -> tuple[list[str], Any] | None:
-        for payload in payloads:
+    @classmethod
+    def load_entry(cls, key: str, name: str) -> Any | None:
+        """The artifact of exactly the entry ``name`` of ``key`` (local, else remote), its
+        guards not checked (the caller knows they hold); None when it is gone or damaged."""
+        payload = None
+        if cls._local_on():
+            path = cls._dir(key) / name
+            payload = read_entry(path) if path.is_file() else None
+        if payload is None and cls._remote_on():
+            payload = cls._remote_get(key)
+            if payload is not None and sha256_hash(payload) != name:
+                payload = None  # the remote holds another entry of the key
+            elif payload is not None and cls._local_on():
+                cls._write_local(key, payload)
+        if payload is None:
+            return None
+        found = cls._first_holding(key, [(name, payload)], None)
+        return None if found is None else found[1]
+
+    @classmethod
+    def _remote_get(cls, key: str) -> bytes | None:
+        from kiln.cache import remote
+        try:
+            data = remote.remote_backend().get(key)
+        except Exception as e:  # noqa: BLE001 - a failing remote is a miss, never an error
+            remote._warn_once(f"get {type(e).__name__}", f"kiln: the remote cache failed: {e}")
+            return None
+        if data is None:
+            return None
+        payload, why = unpack(data)
+        if payload is None:
+            log.warning("kiln cache: discarding the remote %s entry %s: %s", cls.WHAT, key, why)
+        return payload
+
+    @classmethod
+    def _first_holding(cls, key: str, payloads: list[tuple[str, bytes]],
+                       hints: dict[str, int] | None) -> tuple[list[str], Any, str] | None:
+        """The first entry whose guards hold on ``hints`` (None: do not check them)."""
+        for name, payload in payloads:
             try:
                 entry = pickle.loads(payload)
                 guards, artifact = entry["guards"], entry["artifact"]
             except Exception as e:  # noqa: BLE001 - an entry of an older layout: a miss
-                log.warning("kiln cache: an FX graph entry of %s cannot be read: %s", key, e)
+                log.warning("kiln cache: an %s entry of %s cannot be read: %s", cls.WHAT, key, e)
                 continue
-            if _holds(guards, hints):
-                return guards, artifact
+            if hints is None or _holds(guards, hints):
+                return guards, artifact, name
         return None
 
     @classmethod
@@ -144,8 +217,13 @@ class FxGraphCache:
         try:
             write_entry(cls._dir(key) / sha256_hash(payload), payload)
         except OSError as e:
-            counters["codegen"]["fxgraph_cache_write_error"] += 1
-            log.warning("kiln cache: cannot write the FX graph entry %s: %s", key, e)
+            cls._count("write_error")
+            log.warning("kiln cache: cannot write the %s entry %s: %s", cls.WHAT, key, e)
+
+    @classmethod
+    def remove_entry(cls, key: str, name: str) -> None:
+        """Forget one local entry (it refers to something that is gone)."""
+        (cls._dir(key) / name).unlink(missing_ok=True)
 
     @staticmethod
     def _add_guards(guards: list[str], envs: list[Any]) -> None:
@@ -157,27 +235,37 @@ class FxGraphCache:
             symbols = {s.name: s for s in (values if values is not None else env.var_to_val)}
             for text in guards:
                 try:
-                    env.evaluate_expr(sympy.sympify(text, locals=symbols))
+                    expr = parse_guard(text)
+                    expr = expr.xreplace({s: symbols[s.name] for s in expr.free_symbols
+                                          if s.name in symbols})
+                    env.evaluate_expr(expr)
                 except Exception as e:  # noqa: BLE001 - the guard held on the hints
                     log.debug("kiln cache: guard %s not added: %s", text, e)
 
     @classmethod
-    def save(cls, key: str, artifact: Any, guards: list[str]) -> None:
+    def save(cls, key: str, artifact: Any, guards: list[str]) -> str | None:
+        """Store ``artifact`` under ``key``; the entry's name, or None if not stored."""
         try:
             payload = pickle.dumps({"guards": guards, "artifact": artifact}, protocol=4)
         except Exception as e:  # noqa: BLE001 - something in the artifact does not pickle
-            counters["codegen"]["fxgraph_cache_pickle_error"] += 1
-            log.info("kiln cache: the compiled graph %s is not stored: %s", key, e)
-            return
-        if config.fx_graph_cache:
+            cls._count("pickle_error")
+            log.info("kiln cache: the %s %s is not stored: %s", cls.WHAT, key, e)
+            return None
+        if cls._local_on():
             cls._write_local(key, payload)
-        if config.fx_graph_remote_cache:
+        if cls._remote_on():
             _remote_put(key, payload)
+        return sha256_hash(payload)
+
+    @classmethod
+    def clear(cls) -> None:
+        """Remove every entry on disk (a missing directory is fine)."""
+        shutil.rmtree(cache_dir() / cls.SUBDIR, ignore_errors=True)
 
     @staticmethod
-    def clear() -> None:
-        """Remove every FX graph entry on disk (a missing directory is fine)."""
-        shutil.rmtree(cache_dir() / "fxgraph", ignore_errors=True)
+    def guards_added(envs: list[Any], before: list[int]) -> list[str]:
+        """The guards ``envs`` gained since they had ``before`` guards each."""
+        return [guard_text(g.expr) for env, n in zip(envs, before) for g in env.guards[n:]]
 
     @classmethod
     def load(cls, gm: torch.fx.GraphModule, example_inputs: list[Any],
@@ -185,28 +273,33 @@ class FxGraphCache:
              on_hit: Callable[[Any, str], None] = lambda artifact, key: None) -> Any:
         """The callable of ``gm``: from the cache when an entry fits, else compiled by
         ``compile_artifact()`` and stored. ``load_artifact(artifact, key)`` turns an
-        artifact into the callable; ``on_hit`` replays what compiling would have counted."""
+        artifact into the callable; ``on_hit`` replays what compiling would have counted.
+        The callable's ``_kiln_fx_entry`` is ``(key, entry name)`` when the cache holds it
+        (the AOT autograd cache refers to it so)."""
         if not (config.fx_graph_cache or config.fx_graph_remote_cache):
             return load_artifact(compile_artifact(), "")
         try:
             key = compiled_fx_graph_hash(gm, example_inputs)
         except BypassFxGraphCache as e:
-            counters["codegen"]["fxgraph_cache_bypass"] += 1
+            cls._count("bypass")
             log.info("kiln cache: bypassing the FX graph cache: %s", e)
             return load_artifact(compile_artifact(), "")
-        artifact = cls.lookup(key, example_inputs)
-        if artifact is not None:
-            counters["codegen"]["fxgraph_cache_hit"] += 1
+        found = cls.lookup_entry(key, example_inputs)
+        if found is not None:
+            artifact, name = found
+            cls._count("hit")
             log.info("kiln cache: FX graph cache hit for %s", key)
             on_hit(artifact, key)
-            return load_artifact(artifact, key)
-        counters["codegen"]["fxgraph_cache_miss"] += 1
-        _, envs = _symbols(example_inputs)
-        before = [len(env.guards) for env in envs]
-        artifact = compile_artifact()
-        guards = [str(g.expr) for env, n in zip(envs, before) for g in env.guards[n:]]
-        cls.save(key, artifact, guards)
-        return load_artifact(artifact, key)
+        else:
+            cls._count("miss")
+            _, envs = _symbols(example_inputs)
+            before = [len(env.guards) for env in envs]
+            artifact = compile_artifact()
+            name = cls.save(key, artifact, cls.guards_added(envs, before))
+        compiled = load_artifact(artifact, key)
+        if name is not None:
+            compiled._kiln_fx_entry = (key, name)
+        return compiled
 
 
 __all__ = ["BypassFxGraphCache", "FxGraphCache"]

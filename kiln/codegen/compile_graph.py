@@ -144,6 +144,28 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callab
         return python_function(gm)
 
 
+def load_cached_graph(key: str, name: str) -> Callable[..., Any] | None:
+    """The callable of the FX graph cache's entry ``name`` of ``key`` (what
+    :func:`compile_graph` made and stored), counted as a cache hit; None when the entry is
+    gone. The AOT autograd cache loads a forward and backward graph so, without their
+    graphs or example inputs."""
+    from kiln.cache.fx_graph import FxGraphCache
+
+    artifact = FxGraphCache.load_entry(key, name)
+    if not isinstance(artifact, GraphArtifact):
+        return None
+    counters["codegen"]["fxgraph_cache_hit"] += 1
+    log.info("kiln cache: FX graph cache hit for %s", key)
+    _replay(artifact, key)
+    compiled = load_artifact(artifact, key)
+    compiled._kiln_fx_entry = (key, name)
+    return compiled
+
+
+# a compiler that can say how to load what it stored (kiln/aot/autograd_cache.py)
+compile_graph.load_cached_graph = load_cached_graph  # type: ignore[attr-defined]
+
+
 class _RunByAten(Exception):
     """The graph runs op by op (on another device, or with aliased outputs)."""
 
@@ -233,4 +255,5 @@ def load_artifact(artifact: GraphArtifact | str, key: str) -> Callable[..., Any]
     return call
 
 
-__all__ = ["CompiledGraph", "GraphArtifact", "compile_graph", "load_artifact"]
+__all__ = ["CompiledGraph", "GraphArtifact", "compile_graph", "load_artifact",
+           "load_cached_graph"]
