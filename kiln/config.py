@@ -147,6 +147,11 @@ worker_start_method = _entry(
     "How compile workers start: 'fork' (fast to start, copies this process) or 'spawn' (a "
     "fresh interpreter each; safe where forking this process is not, e.g. with threads "
     "holding locks).")
+cuda_cxx = _entry(
+    "cuda_cxx", None,
+    "The CUDA compiler (a program on $PATH or a path) that builds CUDA sources "
+    "(kiln.codegen.CUDACodeCache). Unset, or not an executable: $CUDACXX where it names one, "
+    "else nvcc.")
 cpp_parallel_threshold = _entry(
     "cpp_parallel_threshold", 32768,
     "Elements below which a generated C++ kernel runs on one thread (no OpenMP team).",

@@ -6,6 +6,7 @@ Every error raised while compiling user code says what went wrong, where in the 
 
 from __future__ import annotations
 
+import shlex
 import traceback
 from collections.abc import Sequence
 
@@ -103,3 +104,20 @@ class FailOnRecompileLimitHit(Exception):
 
 class ResetRequired(KilnException):
     pass
+
+
+class CUDACompileError(KilnException):
+    """nvcc failed (torch: ``torch._inductor.exc.CUDACompileError``); ``cmd`` is the command
+    as a list of arguments, ``output`` what the compiler printed."""
+
+    def __init__(self, cmd: Sequence[str], output: str | bytes | None) -> None:
+        self.cmd = list(cmd)
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
+        self.output = (output or "").strip()
+        super().__init__(
+            f"kiln: CUDA compile failed\n  command: {shlex.join(self.cmd)}\n"
+            f"  output:\n{self.output}")
+
+    def __reduce__(self) -> tuple[type, tuple[list[str], str]]:  # picklable across workers
+        return type(self), (self.cmd, self.output)

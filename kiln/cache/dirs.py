@@ -2,9 +2,10 @@
 
 ``cache_dir()`` is ``$KILN_CACHE_DIR``, else ``~/.cache/kiln``, read on every call so a test
 (or :func:`fresh_cache`) can point it elsewhere at run time; each artifact kind has a
-subfolder (``cpp`` for kernel libraries, ``fxgraph`` for FX graph entries, ``pycode`` for
-generated modules). In-memory caches register a clear function here, so
-:func:`clear_caches` empties all of them at once (torch's ``clear_inductor_caches``).
+subfolder (``cpp`` for kernel libraries, ``cuda`` for CUDA sources and their nvcc builds,
+``fxgraph`` for FX graph entries, ``pycode`` for generated modules). In-memory caches
+register a clear function here, so :func:`clear_caches` empties all of them at once (torch's
+``clear_inductor_caches``).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def register_in_memory_cache(clear: Callable[[], None]) -> Callable[[], None]:
 
 
 def clear_caches() -> None:
-    """Empty every in-memory cache (loaded kernel libraries, generated modules); the files
-    on disk stay."""
+    """Empty every in-memory cache (loaded kernel libraries, generated modules, CUDA builds);
+    the files on disk stay."""
     for clear in list(_CLEARERS):
         clear()
 
