@@ -8,8 +8,8 @@ Rows: kiln warm / kiln cold (target <= 0.1) and kiln warm / torch.compile warm (
 0.5); the cold times are in the notes. A third row times kiln's warm start in a process
 that imported ``torch._dynamo`` before the timer: torch's ``FakeTensorMode`` and
 ``ShapeEnv`` import it on first use (so capture pays it in every new process, as
-torch.compile does), and the difference between the rows is that import, not kiln's work. Opt-in (``--only warm_start``): torch's cold compile
-takes tens of seconds.
+torch.compile does), and the difference between the rows is that import, not kiln's work.
+Opt-in (``--only warm_start``): torch's cold compile takes tens of seconds.
 """
 
 from __future__ import annotations

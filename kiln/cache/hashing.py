@@ -3,7 +3,8 @@
 :class:`FxGraphHashDetails` gathers it: the graph's code and its tensor constants (by
 value), each input's :class:`TensorMetadata` (dtype, device, layout, sizes and strides,
 symbolic ones as their expressions, requires_grad), the compile options (``fx_kwargs``,
-sorted), the config entries that change generated code, kiln / torch / Python / C++
+sorted), the config entries that change generated code, kiln (its version and a hash of its
+sources) / torch / Python / C++
 compiler versions and the CPU it was built for (kernels are compiled with ``-march=native``).
 
 :class:`FxGraphCachePickler` pickles it the same way in every process: dicts are sorted by
@@ -202,6 +203,25 @@ def _cpu_identity() -> str:
 
 
 @functools.cache
+def kiln_source_hash() -> str:
+    """A hash of kiln's own Python sources (torch's ``torch_key`` hashes inductor's): an
+    entry made by other code generation is never loaded, even under the same version."""
+    import kiln
+
+    root = os.path.dirname(kiln.__file__)
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
+
+
+@functools.cache
 def _system() -> dict[str, str]:
     from kiln import __version__
     from kiln.codegen.cpp_compiler import compiler_version, cxx
@@ -210,7 +230,8 @@ def _system() -> dict[str, str]:
         compiler = compiler_version(cxx())
     except Exception as e:  # noqa: BLE001 - no compiler: the compile itself will say so
         compiler = f"unavailable: {e}"
-    return {"kiln": __version__, "torch": torch.__version__, "python": sys.version,
+    return {"kiln": __version__, "kiln_source": kiln_source_hash(),
+            "torch": torch.__version__, "python": sys.version,
             "compiler": compiler, "cpu": _cpu_identity(),
             "cuda": str(torch.version.cuda), "platform": sys.platform}
 
