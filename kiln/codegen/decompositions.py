@@ -8,7 +8,8 @@ arithmetic, indirect loads and stores); everything composite is first rewritten 
 those, so that each backend (C++, Triton) implements the small set once and the scheduler sees
 the pointwise and reduction pieces it can fuse. Which ops decompose is chosen here, in one
 place, from torch's own tables (``torch._decomp``), plus a few decompositions of kiln's own
-where torch's produce ops outside the core set (``prims.var``, ``prims.sum``).
+where torch's produce ops outside the core set (``prims.sum``; ``prims.var`` everywhere,
+where kiln's keeps it for column reductions only).
 
 The ops kiln names fall in four disjoint groups:
 
@@ -72,8 +73,8 @@ DECOMPOSED_OPS: tuple[OpPacket, ...] = (
     aten._batch_norm_no_update,
     aten.batch_norm_backward,
     # Statistics: mean = sum / n, var = two-pass sum of squared deviations (kiln's own, below:
-    # torch's emit prims.sum / prims.var). Two passes over the input instead of a Welford
-    # reduction keep the IR to plain reductions; they are as accurate.
+    # torch's emit prims.sum / prims.var), or prims.var over the leading dim of a 2-d
+    # tensor, which the columns shape computes in one pass (see _var_mean_parts).
     aten.mean,
     aten.var,
     aten.var_mean,
@@ -198,8 +199,10 @@ POINTWISE_OPS: frozenset[OpPacket] = frozenset({
 
 # Reductions the loop IR lowers. max / min have three forms: .dim (values and indices: an
 # amax and an argmax in one loop), .default (a full amax) and .other (pointwise maximum).
+# prims.var is the variance of column reductions (kiln's var decomposition emits it).
 REDUCTION_OPS: frozenset[OpPacket] = frozenset({
     aten.sum, aten.prod, aten.amax, aten.amin, aten.argmax, aten.argmin, aten.max, aten.min,
+    prims.var,
 })
 
 # Views: index arithmetic on the producer's buffer, no kernel of their own. cat is here
@@ -260,9 +263,9 @@ CORE_OPS: frozenset[OpPacket] = LOWERED_OPS | EXTERN_OPS | FALLBACK_OPS
 
 # --- kiln's own decompositions ----------------------------------------------------------------
 # torch's mean / var / std go through torch._refs and leave prims.sum and prims.var in the
-# graph; these write the same math with aten.sum. They return NotImplemented where eager
-# would raise or where the two-pass form does not apply (integer or complex inputs), which
-# leaves the op in the graph for aten to handle.
+# graph; these write the same math with aten.sum (and prims.var for column reductions). They
+# return NotImplemented where eager would raise or where the two-pass form does not apply
+# (integer or complex inputs), which leaves the op in the graph for aten to handle.
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -296,10 +299,22 @@ def _mean(x: torch.Tensor, dim: Any = None, keepdim: bool = False, *,
     return aten.div.Tensor(total, _count(x, dims)).to(out_dtype)
 
 
+def _is_column_reduction(x: torch.Tensor, dims: list[int]) -> bool:
+    """Whether reducing ``dims`` of ``x`` is what kiln's C++ runs in the columns shape
+    (cpp_columns.py): the leading dim of a 2-d tensor laid out along its rows, neither size
+    1. There prims.var is one pass over the input (a blocked Welford update per column
+    tile), where the two-pass form walks every tile twice; a row stays in cache between its
+    two passes, so other reductions keep them (as accurate, and the mean is shared with
+    var_mean's)."""
+    return x.ndim == 2 and dims == [0] and statically_known_true(x.stride(1) == 1) and \
+        statically_known_true(x.shape[0] != 1) and statically_known_true(x.shape[1] != 1)
+
+
 def _var_mean_parts(x: torch.Tensor, dim: Any, unbiased: bool | None, keepdim: bool,
-                    correction: float | None) -> Any:
-    """(var, mean) in x's dtype, or NotImplemented. Two passes: the mean, then the sum of
-    squared deviations from it, divided by max(n - correction, 0) as eager does."""
+                    correction: float | None, with_mean: bool = True) -> Any:
+    """(var, mean) in x's dtype (mean None unless ``with_mean``), or NotImplemented. Two
+    passes: the mean, then the sum of squared deviations from it, divided by
+    max(n - correction, 0) as eager does; prims.var for column reductions."""
     if isinstance(dim, bool):  # var(x, unbiased): the overload without dims
         dim, unbiased = None, dim
     if not x.dtype.is_floating_point:
@@ -309,6 +324,13 @@ def _var_mean_parts(x: torch.Tensor, dim: Any, unbiased: bool | None, keepdim: b
     dims = _reduced_dims(x, dim)
     n = _count(x, dims)
     acc = x.to(_opmath(x.dtype))
+    if _is_column_reduction(acc, dims):
+        var = prims.var.default(acc, dims, float(correction))
+        if keepdim:
+            var = aten.unsqueeze.default(var, 0)
+        mean = aten.div.Tensor(aten.sum.dim_IntList(acc, dims, keepdim), n).to(x.dtype) \
+            if with_mean else None
+        return var.to(x.dtype), mean
     mean = aten.div.Tensor(aten.sum.dim_IntList(acc, dims, True), n)
     deviation = aten.sub.Tensor(acc, mean)
     squares = aten.sum.dim_IntList(aten.mul.Tensor(deviation, deviation), dims, keepdim)
@@ -324,7 +346,7 @@ def _var_mean_parts(x: torch.Tensor, dim: Any, unbiased: bool | None, keepdim: b
 
 def _var(x: torch.Tensor, dim: Any = None, unbiased: bool | None = None,
          keepdim: bool = False, *, correction: float | None = None) -> Any:
-    parts = _var_mean_parts(x, dim, unbiased, keepdim, correction)
+    parts = _var_mean_parts(x, dim, unbiased, keepdim, correction, with_mean=False)
     return parts if parts is NotImplemented else parts[0]
 
 
@@ -335,7 +357,7 @@ def _var_mean(x: torch.Tensor, dim: Any = None, unbiased: bool | None = None,
 
 def _std(x: torch.Tensor, dim: Any = None, unbiased: bool | None = None,
          keepdim: bool = False, *, correction: float | None = None) -> Any:
-    parts = _var_mean_parts(x, dim, unbiased, keepdim, correction)
+    parts = _var_mean_parts(x, dim, unbiased, keepdim, correction, with_mean=False)
     return parts if parts is NotImplemented else aten.sqrt.default(parts[0])
 
 

@@ -283,12 +283,17 @@ class Pointwise(TensorIR):
 class Reduction:
     """A reduction body: ``reduction_type`` over the dims ``reduced`` of an iteration space
     ``full_size``, of values ``inner(full_index)``; the result at the remaining indices.
-    ``acc_dtype`` is what it accumulates in."""
+    ``acc_dtype`` is what it accumulates in.
+
+    ``m2`` is the sum of squared deviations from the values' mean (Welford's M2: a variance
+    is ``M2 / max(n - correction, 0)``). It is a reduction of its own so that a column
+    reduction can compute it in one pass (cpp_columns.py); a row reduction computes it in
+    two passes over the row, as a mean and then a sum of squares."""
 
     dtype: torch.dtype
     full_size: list[Expr]
     reduced: tuple[int, ...]
-    reduction_type: str  # sum prod max min argmax argmin
+    reduction_type: str  # sum prod max min argmax argmin m2
     inner: Loader
     acc_dtype: torch.dtype
     keepdim: bool

@@ -343,7 +343,7 @@ class GraphLowering:
 
 def lower(gm: torch.fx.GraphModule) -> tuple[LoweredGraph, GraphLowering]:
     """``gm`` as kiln IR."""
-    from kiln.codegen import lowerings  # noqa: F401  (registers the lowerings)
+    from kiln.codegen import lowerings, lowerings_reductions  # noqa: F401  (registers them)
 
     lowering = GraphLowering(gm)
     return lowering.run(), lowering

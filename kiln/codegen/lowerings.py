@@ -8,7 +8,7 @@ is read at index 0.
 
 Views of buffers take the fake tensor's layout (lowering.py); views of lazy values remap the
 index where that is plain arithmetic (permute, expand, squeeze/unsqueeze, select, slice) and
-realize the producer first otherwise.
+realize the producer first otherwise. Reductions are in lowerings_reductions.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND as Promotion
 from torch._prims_common import elementwise_dtypes
 
 from kiln.codegen import ir
-from kiln.codegen.ir import Buffer, Index, Loader, Pointwise, Reduction, TensorIR, Value, ops
+from kiln.codegen.ir import Buffer, Index, Loader, Pointwise, TensorIR, Value, ops
 from kiln.codegen.lowering import EXTERN_TARGETS, GraphLowering, NoLowering, meta_of, register
 
 aten = torch.ops.aten
@@ -565,118 +565,6 @@ def lower_view(ctx: GraphLowering, node: Any, x: Any, *args: Any, **kwargs: Any)
     return ctx.view_of(x, meta)
 
 
-# --- reductions ----------------------------------------------------------------------------------
-
-def _acc_dtype(reduction_type: str, dtype: torch.dtype) -> torch.dtype:
-    if reduction_type in ("sum", "prod"):
-        if dtype.is_floating_point:
-            return torch.float64  # more accurate than eager's cascade; as fast when
-            #                       memory-bound (tests compare against eager's)
-        return torch.int64
-    return ir.compute_dtype(dtype)
-
-
-def _reduce(ctx: GraphLowering, node: Any, x: TensorIR, dims: Any, keepdim: bool,
-            reduction_type: str, meta: Any = None, src_dtype: torch.dtype | None = None
-            ) -> Buffer:
-    meta = meta if meta is not None else meta_of(node)
-    ndim = x.ndim
-    if ndim == 0 or dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
-        # (a 0-d tensor's dim 0 or -1 is no dim: the reduction is its one element)
-        reduced = tuple(range(ndim))
-    else:
-        dims = [dims] if isinstance(dims, int) else dims
-        reduced = tuple(sorted({_norm_dim(d, ndim) for d in dims}))
-    out_dtype = meta.dtype
-    load = x.loader()
-    src = src_dtype or x.dtype
-    if all(x.size[d] == 1 for d in reduced):
-        return _trivial_reduction(x, reduced, meta, reduction_type)
-    if reduction_type in ("sum", "prod"):
-        acc = _acc_dtype(reduction_type, out_dtype)
-        # the values in the output's compute dtype; the kernel widens them to its accumulator
-        cdt = ir.compute_dtype(out_dtype) if out_dtype.is_floating_point else acc
-    else:
-        acc = _acc_dtype(reduction_type, src)
-        cdt = ir.compute_dtype(src)
-
-    def inner(index: Index) -> Value:
-        return ops.to_dtype(load(index), cdt)
-    body = Reduction(out_dtype, list(x.size), reduced, reduction_type, inner, acc,
-                     keepdim and ndim > 0 and meta.ndim == ndim)
-    return ctx.reduction(body, meta)
-
-
-def _trivial_reduction(x: TensorIR, reduced: tuple[int, ...], meta: Any,
-                       reduction_type: str) -> Pointwise:
-    """A reduction over size-1 dims only: each output element is its one input (or index 0)."""
-    load = x.loader()
-    keepdim = meta.ndim == x.ndim
-    dtype = meta.dtype
-
-    def inner(index: Index) -> Value:
-        if reduction_type.startswith("arg"):
-            return ops.constant(0, torch.int64)
-        if keepdim:
-            full = list(index)
-        else:
-            it = iter(index)
-            full = [sympy.Integer(0) if d in reduced else next(it) for d in range(x.ndim)]
-        return ops.to_dtype(load(full), ir.compute_dtype(dtype))
-    return Pointwise(dtype, [ir.sym(s) for s in meta.shape], inner, meta)
-
-
-@register(aten.sum)
-def lower_sum(ctx: GraphLowering, node: Any, x: Any, dims: Any = None, keepdim: bool = False,
-              *, dtype: Any = None) -> Buffer:
-    if node.target is aten.sum.default:
-        dims = None
-    return _reduce(ctx, node, x, dims, keepdim, "sum")
-
-
-@register(aten.prod)
-def lower_prod(ctx: GraphLowering, node: Any, x: Any, dim: Any = None, keepdim: bool = False,
-               *, dtype: Any = None) -> Buffer:
-    if node.target is aten.prod.default:
-        dim = None
-    return _reduce(ctx, node, x, dim, keepdim, "prod")
-
-
-@register(aten.amax, aten.amin)
-def lower_amax(ctx: GraphLowering, node: Any, x: Any, dims: Any = (),
-               keepdim: bool = False) -> Buffer:
-    kind = "max" if node.target.overloadpacket is aten.amax else "min"
-    return _reduce(ctx, node, x, dims, keepdim, kind)
-
-
-@register(aten.argmax, aten.argmin)
-def lower_argmax(ctx: GraphLowering, node: Any, x: Any, dim: Any = None,
-                 keepdim: bool = False) -> Buffer:
-    kind = node.target.overloadpacket.__name__
-    if x.ndim == 0:  # the index of its one element
-        return Pointwise(torch.int64, out_size(node), lambda index: ops.constant(0, torch.int64))
-    return _reduce(ctx, node, x, dim, keepdim, kind, src_dtype=x.dtype)
-
-
-@register(aten.max, aten.min)
-def lower_max(ctx: GraphLowering, node: Any, x: Any, *args: Any) -> Any:
-    kind = node.target.overloadpacket.__name__
-    if node.target in (aten.max.default, aten.min.default):
-        return _reduce(ctx, node, x, None, False, kind)
-    if node.target in (aten.max.other, aten.min.other):
-        return pointwise(node, simple("maximum" if kind == "max" else "minimum",
-                                      Promotion.DEFAULT), [x, args[0]], Promotion.DEFAULT)
-    if node.target not in (aten.max.dim, aten.min.dim):
-        raise NoLowering(str(node.target))
-    dim = args[0]
-    keepdim = args[1] if len(args) > 1 else False
-    values_meta, indices_meta = meta_of(node)
-    values = _reduce(ctx, node, x, dim, keepdim, kind, meta=values_meta)
-    indices = _reduce(ctx, node, x, dim, keepdim, "arg" + kind, meta=indices_meta,
-                      src_dtype=x.dtype)
-    return (values, indices)
-
-
 # --- extern kernels ------------------------------------------------------------------------------
 
 def _externs() -> None:
@@ -690,5 +578,6 @@ _externs()
 @functools.cache
 def lowered_targets() -> frozenset[Any]:
     """The packets with a lowering (for the op-coverage test)."""
+    from kiln.codegen import lowerings_reductions  # noqa: F401  (registers the reductions)
     from kiln.codegen.lowering import LOWERINGS
     return frozenset(LOWERINGS)

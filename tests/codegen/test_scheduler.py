@@ -60,8 +60,20 @@ def test_row_programs_are_one_kernel_with_local_reductions(fn, args):
 def test_column_reduction_uses_the_tiled_loop():
     compiled = _run(lambda x: x.sum(0), X)
     assert "tile" in compiled.cpp_source
-    compiled = _run(lambda x: x.var(0), X)  # two passes in one kernel
+    compiled = _run(lambda x: x.var(0), X)  # one pass (an m2 reduction), one kernel
     assert compiled.kernel_count == 1
+
+
+def test_column_var_mean_is_one_kernel_with_the_sum_and_m2_in_one_loop():
+    # the mean's sum and the variance's m2 reduce the same rows: one reduction stage (one
+    # walk over the rows, each element loaded once), the m2 kept in registers
+    (kernel,) = _kernels(lambda x: torch.var_mean(x, 0), X)
+    kinds = [(m.kind, getattr(m.buffer.body, "reduction_type", None)) for m in kernel.members]
+    assert ("reduction", "sum") in kinds and ("reduction", "m2") in kinds
+    m2 = next(m for m in kernel.members if getattr(m.buffer.body, "reduction_type", "") == "m2")
+    assert m2.buffer.name in kernel.local
+    compiled = _run(lambda x: torch.var_mean(x, 0), X)
+    assert compiled.cpp_source.count("for (int64_t x0 = ") == 1
 
 
 def test_consumer_of_a_reduction_at_another_index_is_another_kernel():
@@ -93,7 +105,8 @@ def test_pointwise_read_twice_is_computed_once_when_expensive():
         e = (x.sin().exp() + x.cos().exp()).tanh()
         return e.sum(0), e.sum(1), e.amax(0), e.amax(1)
     compiled = _run(fn, X)
-    kernels = compiled.cpp_source[compiled.cpp_source.index('extern "C" void'):]
+    # (past the prelude: the first kernel, or the body function a column kernel calls)
+    kernels = compiled.cpp_source[compiled.cpp_source.index("void kernel0"):]
     assert kernels.count("tanhf(") == 1
 
 
