@@ -153,7 +153,10 @@ class TestFxGraphCache:
         assertEqual(fn(a, b), compiled_fn(a, b))
         assert counters["codegen"]["fxgraph_cache_miss"] == 1
         assert counters["codegen"]["fxgraph_cache_hit"] == 1
-        assert counters["codegen"]["fxgraph_lookup_write_file"] == 1
+        # kiln: a CUDA graph runs op by op until the Triton target: no generated module
+        # to write again
+        assert counters["codegen"]["fxgraph_lookup_write_file"] == (1 if device == "cpu"
+                                                                     else 0)
 
     @parametrize("device", (GPU_TYPE, "cpu"))
     @parametrize("dtype", (torch.float32, torch.bfloat16))
