@@ -28,6 +28,7 @@ Counters ``kiln.counters["aot_autograd"]``: ``autograd_cache_miss``, ``autograd_
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -91,8 +92,6 @@ def recipe_for(kind: str, meta: AotMetadata, compiled: Sequence[Callable[..., An
                **counts: Any) -> AotRecipe:
     """The recipe of graphs just compiled (their FX cache entries read off the callables;
     the metadata without its fake example values, which only tracing needs)."""
-    import dataclasses
-
     entries = tuple(getattr(c, "_kiln_fx_entry", None) for c in compiled)
     return AotRecipe(kind, dataclasses.replace(meta, examples=()), entries, **counts)
 
