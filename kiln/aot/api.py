@@ -397,6 +397,33 @@ def aot_module_simplified(mod: nn.Module, args: Sequence[Any], fw_compiler: Comp
             loader)
     else:
         run, spec = compile_fn()
+    forward = _forward(run, spec, params)
+    forward.zero_grad = mod.zero_grad  # type: ignore[attr-defined]
+    forward.named_parameters = mod.named_parameters  # type: ignore[attr-defined]
+    forward.named_buffers = mod.named_buffers  # type: ignore[attr-defined]
+    entry = getattr(run, "_kiln_aot_entry", None)
+    if entry is not None and not params and not entry[2].meta.mutated_inputs and \
+            not _Deduplicated(fakes).any:
+        # rebuildable from the entry alone (load_forward): a persisted frame refers to it
+        forward._kiln_aot_entry = entry[:2]  # type: ignore[attr-defined]
+    return forward
+
+
+def load_forward(key: str, name: str, loader: Any) -> Callable[..., Any] | None:
+    """What :func:`aot_module_simplified` returned for a graph whose AOT autograd entry is
+    ``name`` of ``key`` (one without parameters, mutated or duplicated inputs), loaded
+    without tracing; None when the entry or one of its graphs is gone."""
+    found = AotAutogradCache.load_by_name(key, name, loader)
+    if found is None:
+        return None
+    run, spec, _ = found
+    forward = _forward(run, spec, [])
+    forward._kiln_aot_entry = (key, name)  # type: ignore[attr-defined]
+    return forward
+
+
+def _forward(run: Callable[..., list[Any]], spec: Any,
+             params: list[torch.Tensor]) -> Callable[..., Any]:
     unflatten = _unflattener(spec)
 
     # the parameters as they are now, as torch's: a module whose parameters are replaced
@@ -404,9 +431,6 @@ def aot_module_simplified(mod: nn.Module, args: Sequence[Any], fw_compiler: Comp
     def forward(*runtime_args: Any) -> Any:
         return unflatten(run(*params, *runtime_args))
 
-    forward.zero_grad = mod.zero_grad  # type: ignore[attr-defined]
-    forward.named_parameters = mod.named_parameters  # type: ignore[attr-defined]
-    forward.named_buffers = mod.named_buffers  # type: ignore[attr-defined]
     return forward
 
 

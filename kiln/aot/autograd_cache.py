@@ -212,7 +212,9 @@ class AotAutogradCache(FxGraphCache):
             if all(g is not None for g in graphs):
                 cls._count("hit")
                 log.info("AOTAutograd cache hit for key %s", key)
-                return rebuild(entry.recipe, graphs), pytree.treespec_loads(entry.out_spec)
+                run = rebuild(entry.recipe, graphs)
+                run._kiln_aot_entry = (key, name, entry.recipe)  # type: ignore[attr-defined]
+                return run, pytree.treespec_loads(entry.out_spec)
             log.info("kiln cache: the AOT autograd entry %s refers to FX graphs that are "
                      "gone; compiling again", key)
             cls.remove_entry(key, name)
@@ -220,24 +222,48 @@ class AotAutogradCache(FxGraphCache):
         _, envs = _symbols(list(fake_args))
         before = [len(env.guards) for env in envs]
         run, out_spec = compile_fn()
-        cls._store(key, run, out_spec, cls.guards_added(envs, before))
+        name = cls._store(key, run, out_spec, cls.guards_added(envs, before))
+        if name is not None:
+            run._kiln_aot_entry = (key, name, run._kiln_aot_recipe)
         return run, out_spec
 
     @classmethod
-    def _store(cls, key: str, run: Any, out_spec: Any, guards: list[str]) -> None:
+    def load_by_name(cls, key: str, name: str, loader: GraphLoader
+                     ) -> tuple[Callable[..., list[Any]], Any, AotRecipe] | None:
+        """``(runtime, out_spec, recipe)`` of exactly the entry ``name`` of ``key``, for a
+        caller that knows its guards hold (a persisted frame, kiln/capture/persist.py); the
+        runtime as :func:`build_runtime` makes it (so not for recipes of mutated inputs or
+        duplicated inputs, which need the traced function). None when it is gone."""
+        if not config.enable_autograd_cache or not (cls._local_on() or cls._remote_on()):
+            return None
+        entry = cls.load_entry(key, name)
+        if entry is None:
+            return None
+        graphs = [loader(*g) for g in entry.recipe.graphs]
+        if not all(g is not None for g in graphs):
+            return None
+        cls._count("hit")
+        log.info("AOTAutograd cache hit for key %s (persisted frame)", key)
+        return (build_runtime(entry.recipe, graphs), pytree.treespec_loads(entry.out_spec),
+                entry.recipe)
+
+    @classmethod
+    def _store(cls, key: str, run: Any, out_spec: Any, guards: list[str]) -> str | None:
         recipe = getattr(run, "_kiln_aot_recipe", None)
         if recipe is None or not recipe.storable:
             log.info("kiln cache: AOT autograd entry %s not stored: %s", key,
                      "inputs share memory with a mutated input" if recipe is None
                      else "a graph is not in the FX graph cache")
-            return
+            return None
         try:
             spec = pytree.treespec_dumps(out_spec)
         except Exception as e:  # noqa: BLE001 - an output structure pytree cannot write
             log.info("kiln cache: AOT autograd entry %s not stored: %s", key, e)
-            return
-        if cls.save(key, AotCacheEntry(recipe, spec), guards) is not None:
+            return None
+        name = cls.save(key, AotCacheEntry(recipe, spec), guards)
+        if name is not None:
             cls._count("saved")
+        return name
 
 
 __all__ = ["AotAutogradCache", "AotCacheEntry", "AotRecipe", "autograd_cache_key",

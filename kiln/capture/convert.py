@@ -179,8 +179,8 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
             return _fallback(fn, sig, guards, f"backend failed: {e.inner_exception}", None,
                              output=output)
         graph_name = guards.ns.const(compiled, "graph")
-        inputs = ", ".join(guards.ns.const(i.example, "p") if i.static else guards.expr(i.source)
-                           for i in output.inputs)
+        inputs = ", ".join(guards.bind(i.source, i.example, "p") if i.static
+                           else guards.expr(i.source) for i in output.inputs)
         prologue.insert(0, f"___out = {graph_name}({inputs})")
         counters["stats"]["unique_graphs"] += 1
         if logs.enabled("graph_code"):

@@ -58,6 +58,8 @@ class GuardClause:
     source: Source | None = None
     explain: Callable[[Any], str | None] | None = None
     value_code: str | None = None  # how to read ``source``'s value for ``explain``
+    # what ``explain`` was made from, as plain data (persist.py rebuilds it in a new process)
+    data: Any = None
 
 
 @dataclass
@@ -149,6 +151,27 @@ _SCALAR_TYPE_NAMES = {
 }
 
 
+def global_state_explain(data: tuple[bool, torch.dtype]) -> Callable[[Any], str]:
+    """The GLOBAL_STATE failure text for the ``(grad mode, default dtype)`` guarded."""
+    grad, dtype = data
+
+    def explain(_: Any) -> str:
+        changed = []
+        if torch.is_grad_enabled() != grad:
+            changed.append("grad_mode")
+        if torch.get_default_dtype() != dtype:
+            changed.append("default_dtype")
+        return "GLOBAL_STATE changed: " + "".join(c + " " for c in changed)
+
+    return explain
+
+
+def tensor_explain(data: tuple[TensorSpec, str]) -> Callable[[Any], str | None]:
+    """The TENSOR_MATCH failure text for ``(spec, source name)``."""
+    spec, name = data
+    return lambda value: spec.failure(name, value)
+
+
 @dataclass
 class StructuralItem:
     """Something reached through an identity-guarded module: re-checked only when the
@@ -172,8 +195,12 @@ class GuardBuilder:
         self.structural: dict[Source, StructuralItem] = {}
         # (module, name): a class attribute the entry used through the module; an instance
         # attribute of that name would shadow it (checked with the structure)
-        self.unshadowed: dict[tuple[int, str], tuple[Callable[[], Any], str]] = {}
+        self.unshadowed: dict[tuple[int, str], tuple[Callable[[], Any], str,
+                                                     Source | None]] = {}
         self.interned: dict[Source, str] = {}
+        # names of ``ns`` bound to an object read through a source: the expression that reads
+        # it again (a new process rebinds them so: kiln/capture/persist.py)
+        self.const_exprs: dict[str, str] = {}
         self.tensor_sources: list[Source] = []
         self.aliases: list[tuple[Source, Source]] = []
 
@@ -187,6 +214,13 @@ class GuardBuilder:
             return source.wrap(self.expr(source.base))
         return source.expr(self.ns)
 
+    def bind(self, source: Source, value: Any, hint: str) -> str:
+        """A name of ``ns`` for ``value``, read from ``source`` (remembered for persist.py)."""
+        expr = self.expr(source)
+        name = self.ns.const(value, hint)
+        self.const_exprs.setdefault(name, expr)
+        return name
+
     def _add(self, key: tuple[str, Any], clause: GuardClause) -> None:
         self.clauses.setdefault(key, clause)
 
@@ -197,18 +231,9 @@ class GuardBuilder:
         code = (f"{self.ns.const(torch._C.is_grad_enabled, 'f')}() is {grad} and "
                 f"{self.ns.const(torch.get_default_dtype, 'f')}() is "
                 f"{self.ns.const(dtype, 'd')}")
-
-        def explain(_: Any) -> str:
-            changed = []
-            if torch.is_grad_enabled() != grad:
-                changed.append("grad_mode")
-            if torch.get_default_dtype() != dtype:
-                changed.append("default_dtype")
-            return "GLOBAL_STATE changed: " + "".join(c + " " for c in changed)
-
         self._add(("GLOBAL_STATE", None),
                   GuardClause("GLOBAL_STATE", code, "GLOBAL_STATE", RANK_GLOBAL_STATE,
-                              explain=explain))
+                              explain=global_state_explain((grad, dtype)), data=(grad, dtype)))
 
     def add_type_match(self, source: Source, value: Any) -> None:
         t = type(value)
@@ -231,7 +256,9 @@ class GuardBuilder:
     def add_code_match(self, source: Source, fn: Any) -> None:
         """A function with the same code (``fn.__code__ is code``)."""
         self.add_type_match(source, fn)
-        code = f"{self.expr(source)}.__code__ is {self.ns.const(fn.__code__, 'code')}"
+        code_name = self.ns.const(fn.__code__, 'code')
+        self.const_exprs.setdefault(code_name, f"{self.expr(source)}.__code__")
+        code = f"{self.expr(source)}.__code__ is {code_name}"
         self._add(("CODE_MATCH", source), GuardClause(
             "FUNCTION_MATCH", code, f"___check_code({source.name()}.__code__, {id(fn.__code__)})",
             RANK_OBJECT, source))
@@ -301,8 +328,8 @@ class GuardBuilder:
         self.tensor_sources.append(source)
         self._add(("TENSOR_MATCH", source),
                   GuardClause("TENSOR_MATCH", code, f"check_tensor({name})", RANK_TENSOR,
-                              source, explain=lambda value: spec.failure(name, value),
-                              value_code=self.expr(source)))
+                              source, explain=tensor_explain((spec, name)),
+                              value_code=self.expr(source), data=(spec, name)))
         self._add_dynamic_marks(source, tensor)
 
     def _add_dynamic_marks(self, source: Source, tensor: torch.Tensor) -> None:
@@ -410,8 +437,9 @@ class GuardBuilder:
     def add_module_root(self, source: Source, module: Any) -> None:
         """An identity-guarded module: what is reached through it is structural."""
         self.add_id_match(source, module)
-        self.interned.setdefault(source, self.ns.const(module, "m") if not isinstance(
-            source, LocalSource) else self.expr(source))
+        if source not in self.interned:
+            self.interned[source] = self.expr(source) if isinstance(source, LocalSource) \
+                else self.bind(source, module, "m")
 
     def add_structural(self, source: Source, obj: Any, *, intern: bool = False) -> None:
         if source in self.structural:
@@ -423,7 +451,7 @@ class GuardBuilder:
         requires_grad = obj.requires_grad if isinstance(obj, torch.Tensor) else None
         self.structural[source] = StructuralItem(source, ref, requires_grad)
         if intern:
-            self.interned[source] = self.ns.const(obj, "m")
+            self.interned[source] = self.bind(source, obj, "m")
 
     def add_class_attribute_used(self, source: Source | None, obj: Any, name: str,
                                  structural: bool) -> None:
@@ -433,7 +461,7 @@ class GuardBuilder:
         if structural:
             key = (id(obj), name)
             if key not in self.unshadowed:
-                self.unshadowed[key] = (weakref.ref(obj), name)
+                self.unshadowed[key] = (weakref.ref(obj), name, source)
             return
         if source is None or not hasattr(obj, "__dict__"):
             return
@@ -465,45 +493,56 @@ class GuardBuilder:
                            f"no aliasing among {', '.join(names)}", RANK_ALIASING)
 
     def _structure_clause(self, params: list[str]) -> GuardClause:
-        items = list(self.structural.values())
-        checks = []
-        for item in items:
-            # re-read from the frame's arguments, not through the objects this entry holds
-            checks.append((item, _compile_expr(item.source.expr(self.ns), self.ns, params)))
-        unshadowed = list(self.unshadowed.values())
-        seen = [module_state.version()]
-
-        def revalidate(*args: Any) -> bool:
-            for obj_ref, name in unshadowed:
-                obj = obj_ref()
-                if obj is None or name in obj.__dict__:
-                    return False
-            for item, getter in checks:
-                try:
-                    current = getter(*args)
-                except Exception:
-                    return False
-                if current is not item.obj_ref():
-                    return False
-                if item.requires_grad is not None and current.requires_grad != item.requires_grad:
-                    return False
-            seen[0] = module_state.version()
-            return True
-
-        def explain(_: Any) -> str:
-            return "module structure changed (a submodule, parameter or buffer was replaced, " \
-                   "a parameter's requires_grad changed, or a method was overridden)"
-
-        self.ns.values["___structure_seen"] = seen
-        self.ns.values["___structure_revalidate"] = revalidate
-        self.ns.values["___SV"] = module_state.VERSION
-        arglist = ", ".join(["___closure", *params])
-        code = f"(___SV[0] == ___structure_seen[0] or ___structure_revalidate({arglist}))"
-        return GuardClause("MODULE_STRUCTURE", code, "module structure", RANK_STRUCTURE,
-                           explain=explain)
+        # re-read from the frame's arguments, not through the objects this entry holds
+        checks = [(compile_expr(item.source.expr(self.ns), self.ns, params), item.obj_ref,
+                   item.requires_grad) for item in self.structural.values()]
+        unshadowed = [(ref, name) for ref, name, _ in self.unshadowed.values()]
+        return structure_clause(checks, unshadowed, self.ns, params)
 
 
-def _compile_expr(expr: str, ns: CodeNamespace, params: list[str]) -> Callable[..., Any]:
+StructureCheck = tuple[Callable[..., Any], Callable[[], Any], "bool | None"]
+
+
+def structure_clause(checks: list[StructureCheck],
+                     unshadowed: list[tuple[Callable[[], Any], str]], ns: CodeNamespace,
+                     params: list[str]) -> GuardClause:
+    """The MODULE_STRUCTURE clause: one comparison with the module-state counter; after it
+    moved, each ``(getter, object ref, requires_grad)`` of ``checks`` re-reads its object from
+    the frame's arguments and each ``(object ref, name)`` of ``unshadowed`` must still have
+    no instance attribute ``name``."""
+    seen = [module_state.version()]
+
+    def revalidate(*args: Any) -> bool:
+        for obj_ref, name in unshadowed:
+            obj = obj_ref()
+            if obj is None or name in obj.__dict__:
+                return False
+        for getter, obj_ref, requires_grad in checks:
+            try:
+                current = getter(*args)
+            except Exception:
+                return False
+            if current is not obj_ref():
+                return False
+            if requires_grad is not None and current.requires_grad != requires_grad:
+                return False
+        seen[0] = module_state.version()
+        return True
+
+    def explain(_: Any) -> str:
+        return "module structure changed (a submodule, parameter or buffer was replaced, " \
+               "a parameter's requires_grad changed, or a method was overridden)"
+
+    ns.values["___structure_seen"] = seen
+    ns.values["___structure_revalidate"] = revalidate
+    ns.values["___SV"] = module_state.VERSION
+    arglist = ", ".join(["___closure", *params])
+    code = f"(___SV[0] == ___structure_seen[0] or ___structure_revalidate({arglist}))"
+    return GuardClause("MODULE_STRUCTURE", code, "module structure", RANK_STRUCTURE,
+                       explain=explain)
+
+
+def compile_expr(expr: str, ns: CodeNamespace, params: list[str]) -> Callable[..., Any]:
     arglist = ", ".join(["___closure", *params])
     source = f"def ___get({arglist}):\n    return {expr}\n"
     # Every function of an entry is defined in the one namespace dict: dropping the entry
@@ -532,7 +571,7 @@ class GuardSet:
         """For each object identity-guarded through a frame local (``L['self']``), whether
         this call's object is the same one."""
         if self._id_getters is None:
-            self._id_getters = [(_compile_expr(expr, self.ns, self.params), ref)
+            self._id_getters = [(compile_expr(expr, self.ns, self.params), ref)
                                 for source, expr, ref in self.id_matched
                                 if isinstance(source, LocalSource)]
         result = []
@@ -574,7 +613,7 @@ class GuardSet:
                 value = None
                 if clause.value_code is not None:
                     try:
-                        value = _compile_expr(clause.value_code, self.ns, self.params)(*args)
+                        value = compile_expr(clause.value_code, self.ns, self.params)(*args)
                     except Exception:
                         value = None
                 text = clause.explain(value) or text
@@ -589,7 +628,7 @@ class GuardSet:
 
 def _compile_clause(clause: GuardClause, ns: CodeNamespace,
                     params: list[str]) -> Callable[..., bool]:
-    return _compile_expr(clause.code, ns, params)
+    return compile_expr(clause.code, ns, params)
 
 
 __all__ = ["GuardBuilder", "GuardSet", "GuardClause", "TensorSpec"]

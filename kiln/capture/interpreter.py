@@ -263,6 +263,7 @@ class InstructionTranslator(InstructionHandlers):
                     inspect.CO_ITERABLE_COROUTINE):
             self.unsupported(f"calling async function {code.co_name}")
         bound = fn.bind(self, args, kwargs)
+        self.output.traced_codes.add(code)
         sub = InstructionTranslator(code=code, f_globals=fn.fn_globals(), symbolic_locals=bound,
                                     output=self.output, closure=fn.closure_cells(self),
                                     parent=self, root_globals=self.root_globals)

@@ -119,6 +119,8 @@ class OutputGraph:
         # The module calls being inlined, outermost first: (key, source name, class), for
         # the nodes' ``nn_module_stack`` and ``source_fn_stack`` metadata (as torch's)
         self.module_stack: list[tuple[str, str, type]] = []
+        # the code objects inlined into the trace (a persisted entry checks their files)
+        self.traced_codes: set[Any] = set()
 
     @contextlib.contextmanager
     def inside_module(self, source: Source | None, cls: type) -> Any:
