@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-KINDS = ("cpp", "fxgraph", "aotautograd", "pycode")
+KINDS = ("cpp", "fxgraph", "aotautograd", "pycode", "frames")
 
 
 def _size(path: Path) -> tuple[int, int]:

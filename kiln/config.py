@@ -161,6 +161,14 @@ cpp_parallel_threshold = _entry(
 fx_graph_cache = _entry(
     "fx_graph_cache", True,
     "Store compiled graphs on disk (cache_dir()/fxgraph) and load them in later processes.")
+frame_cache = _entry(
+    "frame_cache", True,
+    "Store each compiled frame (its guards and entry code, naming the graphs in the FX graph "
+    "and AOT autograd caches) on disk (cache_dir()/frames), so a later process loads it "
+    "without tracing: a warm start that never imports torch._dynamo. Active with "
+    "fx_graph_cache and enable_autograd_cache; only for the 'kiln' backend and frames "
+    "without graph breaks or symbolic sizes. torch's closest setting is caching_precompile "
+    "(off by default there).")
 fx_graph_remote_cache = _entry(
     "fx_graph_remote_cache", False,
     "Also look compiled graphs up in, and store them to, the remote cache (Redis at "

@@ -12,6 +12,7 @@ def _fresh_kiln():
     cache stays: it only saves compiler runs.)"""
     kiln.reset()
     kiln.counters.clear()
-    with kiln.config.patch(raise_internal_errors=True, fx_graph_cache=False):
+    with kiln.config.patch(raise_internal_errors=True, fx_graph_cache=False,
+                           frame_cache=False):
         yield
     kiln.reset()

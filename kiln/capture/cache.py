@@ -8,7 +8,9 @@ first; the dispatcher of each compiled wrapper (frame_code.py) walks that very l
 On a miss (:meth:`FrameCache.miss`): the reasons every entry failed are computed (the slow
 path) for ``guard_fail_fn``, ``KILN_LOGS=recompiles`` and ``error_on_recompile``; past
 ``cache_size_limit`` the function's entries are dropped and it runs eagerly from then on
-(after one warning), otherwise the frame is compiled and the new entry goes first.
+(after one warning), otherwise the frame is compiled and the new entry goes first. Before
+compiling, an entry an earlier process persisted (persist.py, frame_store.py) is tried: when
+its guards hold for this call it is loaded without tracing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from kiln import callbacks, config, logs
+from kiln.capture import frame_store
 from kiln.capture.convert import CompiledFrame, compile_frame
 from kiln.capture.frame_code import make_eager_runner
 from kiln.capture.shapes import FrameState
@@ -182,8 +185,16 @@ class FrameCache:
     def _compile(self, compiled: Any, entries: EntryList, args: tuple[Any, ...]) -> CacheEntry:
         compile_id = f"{self.frame_id}/{self.compile_count}"
         self.compile_count += 1
-        with callbacks.compile_callbacks():
-            frame = compile_frame(compiled.fn, args, compiled.hooks(), compile_id)
+        hooks = compiled.hooks()
+        key = frame_store.frame_key(compiled.fn, hooks)
+        frame = frame_store.load(key, compiled.fn, args, self.frame_state) \
+            if key is not None else None
+        if frame is None:
+            hooks.persist = key is not None
+            with callbacks.compile_callbacks():
+                frame = compile_frame(compiled.fn, args, hooks, compile_id)
+            if key is not None and frame.persisted is not None:
+                frame_store.save(key, frame.persisted, self.frame_state)
         guard = frame.guard_set.compile()
         entry = CacheEntry(frame, compile_id, guard, (guard, frame.run))
 

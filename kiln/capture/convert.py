@@ -22,6 +22,7 @@ import torch
 import torch.fx
 
 from kiln import config, logs
+from kiln.capture import persist
 from kiln.capture.eager_calls import calls_through
 from kiln.capture.frame_code import FrameSignature, make_eager_runner, make_entry
 from kiln.capture.graph_break import BreakCodegen, BreakRequest, why_not_resumable
@@ -61,6 +62,9 @@ class CompiledFrame:
     # for kiln.export: (source, static, tensor) per graph input, and the return structure
     graph_inputs: list[tuple[Any, bool, Any]] = field(default_factory=list)
     return_structure: Any = None
+    # what another process needs to rebuild this entry without tracing (persist.py), when
+    # the hooks asked for it and the frame can be persisted
+    persisted: Any = None
 
 
 @dataclass
@@ -78,6 +82,8 @@ class FrameHooks:
     # which sizes are symbolic (shapes.py): the code object's frame state and `dynamic=`
     frame_state: FrameState | None = None
     dynamic: bool | None = None
+    # whether to record the entry for the persistent frame cache (frame_store.py)
+    persist: bool = False
 
 
 def compile_frame(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks,
@@ -196,6 +202,14 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
     guard_set = guards.build(list(sig.params))
     run = make_entry(sig.params, [*prologue, *body], guards.ns.values,
                      f"{compile_id} {code.co_qualname}")
+    persisted = None
+    if hooks.persist:
+        if break_at is not None or output.symbol_sources:
+            log.info("kiln frame cache: %s is not persisted: it has %s", code.co_qualname,
+                     "a graph break" if break_at is not None else "symbolic sizes")
+        else:
+            persisted = persist.record(fn, guards, guard_set, [*prologue, *body],
+                                       output.traced_codes, code.co_qualname)
     counters["frames"]["ok"] += 1
     if logs.enabled("guards"):
         logs.log_artifact("guards", "GUARDS %s %s:\n%s", compile_id, code.co_name,
@@ -204,7 +218,8 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
                          break_reason=break_at.error.reason if break_at is not None else None,
                          break_stack=list(break_at.error.user_stack) if break_at else [],
                          graph_inputs=[(i.source, i.static, i.example) for i in output.inputs],
-                         return_structure=structure if break_at is None else None)
+                         return_structure=structure if break_at is None else None,
+                         persisted=persisted)
 
 
 def _check_marked_dims(output: OutputGraph) -> None:
