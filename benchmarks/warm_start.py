@@ -7,8 +7,9 @@ before ``compile`` to the end of ``backward`` (imports excluded, the same for bo
 Rows: kiln warm / kiln cold (target <= 0.1) and kiln warm / torch.compile warm (target <=
 0.5); the cold times are in the notes. A third row times kiln's warm start in a process
 that imported ``torch._dynamo`` before the timer: torch's ``FakeTensorMode`` and
-``ShapeEnv`` import it on first use (so capture pays it in every new process, as
-torch.compile does), and the difference between the rows is that import, not kiln's work.
+``ShapeEnv`` import it on first use, so a process that captures pays it (as torch.compile
+does); kiln's persistent frame cache (kiln/capture/persist.py) loads the frame without
+capturing, so the two warm rows should be equal.
 Opt-in (``--only warm_start``): torch's cold compile takes tens of seconds.
 """
 
