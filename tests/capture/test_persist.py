@@ -299,3 +299,42 @@ def test_a_new_process_starts_warm_without_tracing(tmp_path):
     edited = _child(root, cache)
     assert edited["hits"] == 0
     torch.testing.assert_close(torch.tensor(edited["out"]), torch.tensor(cold["out"]) * 1.5)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", ["resnet18", "gpt2_block", "gpt2_block_sdpa", "gpt2",
+                                  "lstm_tagger"])
+def test_models_loaded_from_persisted_frames_equal_eager(frame_cache, name, mode):
+    """Each model of the suite: compiled, then after kiln.reset() compiled again for a fresh
+    copy; where the frame was persisted the second is loaded without tracing, and both
+    have eager's outputs, gradients and buffers."""
+    import copy
+
+    from benchmarks.models import MODELS
+
+    model, make_inputs = MODELS[name]()
+    model.train(mode == "train")
+    reference, warm_model = copy.deepcopy(model), copy.deepcopy(model)
+    inputs = make_inputs(1)
+
+    def run(module, compiled):
+        torch.manual_seed(1234)
+        out = compiled(*inputs)
+        weights = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view(out.shape)
+        ((out * weights).sum() + out.square().mean()).backward()
+        return out.detach(), {k: p.grad for k, p in module.named_parameters()}, \
+            module.state_dict()
+
+    expected = run(reference, reference)
+    cold = run(model, kiln.compile(model))
+    saved = counters["frames"]["persisted_saved"]
+    kiln.reset()
+    counters.clear()
+    warm = run(warm_model, kiln.compile(warm_model))
+    assert _hits() == saved
+    for got in (cold, warm):
+        torch.testing.assert_close(got[0], expected[0])
+        for key, grad in expected[1].items():
+            torch.testing.assert_close(got[1][key], grad, msg=lambda m, k=key: f"{k}: {m}")
+        for key, value in expected[2].items():
+            torch.testing.assert_close(got[2][key], value, msg=lambda m, k=key: f"{k}: {m}")
