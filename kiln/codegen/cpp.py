@@ -53,6 +53,8 @@ def ctype(dtype: torch.dtype) -> str:
 def _float_fn(name: str, dtype: torch.dtype) -> str:
     if name == "erf" and dtype != torch.float64:
         return "kiln_erff"  # the prelude's rational erf: vectorizes without a libm call
+    if name == "exp" and dtype != torch.float64:
+        return "kiln_expf"  # the prelude's AVX-512 exp where there is one, else expf
     return name + ("f" if dtype != torch.float64 else "")
 
 
