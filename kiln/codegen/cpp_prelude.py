@@ -37,7 +37,8 @@ typedef float kiln_v4sf __attribute__((vector_size(16)));
 #define KILN_V16(v) ((kiln_v16sf){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v})
 #define KILN_FMA16(a, b, c) __builtin_ia32_vfmaddps512_mask((a), (b), (c), (short)-1, 4)
 extern "C" {
-__attribute__((simd("notinbranch"), visibility("hidden"))) float kiln_expf(float) noexcept;
+__attribute__((simd("notinbranch"), visibility("hidden"), const, nothrow)) float
+kiln_expf(float) noexcept;  // const: gcc if-converts loops calling it (as it does for expf)
 kiln_v8sf _ZGVdN8v_expf(kiln_v8sf); kiln_v8sf _ZGVcN8v_expf(kiln_v8sf);
 kiln_v4sf _ZGVbN4v_expf(kiln_v4sf);
 __attribute__((visibility("hidden"))) kiln_v16sf _ZGVeN16v_kiln_expf(kiln_v16sf x) {

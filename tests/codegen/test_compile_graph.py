@@ -5,6 +5,9 @@ every size of a dynamic dimension, extern and fallback calls, low-precision dtyp
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -195,8 +198,9 @@ def test_division_by_a_row_value_multiplies_by_its_reciprocal(caplog):
 
 
 def test_float_exp_is_within_a_few_ulp_of_the_exact_exp():
-    # the prelude's kiln_expf (AVX-512 where the machine has it, else libm's expf), over
-    # every 997th float in [-104, 89] of both signs with odd sizes for the loop tails, against
+    # the prelude's kiln_expf (AVX-512 where gcc vectorizes 16 lanes at a time, else
+    # libmvec's, whose 8-lane expf is up to 2.4 ulp off: the H200 host's Xeon), over every
+    # 997th float in [-104, 89] of both signs with odd sizes for the loop tails, against
     # float64's exp; denormal results, overflow, NaN, infinities and -0 as eager
     bits = torch.arange(0x00000001, 0x42D00000, 997, dtype=torch.int32)
     x = bits.view(torch.float32)
@@ -209,11 +213,31 @@ def test_float_exp_is_within_a_few_ulp_of_the_exact_exp():
         ulp = torch.ldexp(torch.ones_like(want), (torch.frexp(want.float())[1].double() - 24)
                           .clamp(min=-149))
         err = ((got.double() - want).abs() / ulp)[representable & want.isfinite()]
-        assert err.max() <= 2, n
-        torch.testing.assert_close(got, torch.exp(x[:n]), rtol=3e-7, atol=1e-44, equal_nan=True)
+        assert err.max() <= 3, n
+        torch.testing.assert_close(got, torch.exp(x[:n]), atol=1e-44, rtol=1.3e-6,
+                                   equal_nan=True)
     special = kiln.compile(lambda t: torch.exp(t))(x[-9:])
     assert special[:2].tolist() == [1.0, 1.0] and special[3] == float("inf")
     assert special[-3].isnan() and special[-2] == float("inf") and special[-1] == 0
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump")
+def test_exp_in_a_loop_with_selects_calls_the_vector_exp():
+    # gelu's backward: exp next to erf's selects. kiln_expf must be declared const, or gcc
+    # cannot if-convert the loop and calls the scalar exp per element (4x slower)
+    def fn(x, b):
+        return F.gelu(x + b)
+
+    x = torch.randn(64, 1024, requires_grad=True)
+    b = torch.randn(1024, requires_grad=True)
+    with kiln.cache.fresh_cache() as root:
+        torch.autograd.grad(kiln.compile(fn)(x, b), (x, b), torch.ones(64, 1024))
+        calls = set()
+        for lib in Path(root).rglob("*.so"):
+            dump = subprocess.run(["objdump", "-d", str(lib)], capture_output=True,
+                                  text=True).stdout
+            calls |= {line.split()[-1] for line in dump.splitlines() if "call" in line}
+    assert "<kiln_expf>" not in calls and "<expf@plt>" not in calls, calls
 
 
 def test_float_erf_is_within_a_few_ulp_of_the_exact_erf():
