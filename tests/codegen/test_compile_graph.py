@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import kiln
+from kiln.cache import fresh_cache
 from kiln.testing import CompileCounterWithBackend
 
 
@@ -224,20 +225,22 @@ def test_float_exp_is_within_a_few_ulp_of_the_exact_exp():
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump")
 def test_exp_in_a_loop_with_selects_calls_the_vector_exp():
     # gelu's backward: exp next to erf's selects. kiln_expf must be declared const, or gcc
-    # cannot if-convert the loop and calls the scalar exp per element (4x slower)
+    # cannot if-convert the loop and calls only the scalar exp, per element (4x slower)
     def fn(x, b):
         return F.gelu(x + b)
 
     x = torch.randn(64, 1024, requires_grad=True)
     b = torch.randn(1024, requires_grad=True)
-    with kiln.cache.fresh_cache() as root:
+    with fresh_cache() as root:
         torch.autograd.grad(kiln.compile(fn)(x, b), (x, b), torch.ones(64, 1024))
         calls = set()
         for lib in Path(root).rglob("*.so"):
             dump = subprocess.run(["objdump", "-d", str(lib)], capture_output=True,
                                   text=True).stdout
             calls |= {line.split()[-1] for line in dump.splitlines() if "call" in line}
-    assert "<kiln_expf>" not in calls and "<expf@plt>" not in calls, calls
+    # vector-ABI names (_ZGVeN16v_kiln_expf, or libmvec's _ZGVdN8v_expf without AVX-512);
+    # a loop tail may still call the scalar one
+    assert any(c.startswith("<_ZGV") and "expf" in c for c in calls), calls
 
 
 def test_float_erf_is_within_a_few_ulp_of_the_exact_erf():
