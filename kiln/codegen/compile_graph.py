@@ -130,6 +130,7 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callab
     from kiln.cache.fx_graph import FxGraphCache
 
     started = time.perf_counter()
+    _fake_metas_for_real_inputs(gm, example_inputs)
     try:
         return FxGraphCache.load(gm, example_inputs, lambda: _generate(gm, started),
                                  load_artifact, _replay)
@@ -142,6 +143,24 @@ def compile_graph(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callab
         return python_function(gm)
     except _RunByAten:
         return python_function(gm)
+
+
+def _fake_metas_for_real_inputs(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> None:
+    """Lowering reads each node's layout (sizes, strides, storage offset) from its
+    ``meta["val"]``. A graph traced by make_fx in real mode (its default) has metas made
+    by ``empty_strided``, without the views' storage offsets; given real example inputs,
+    the metas are computed again by fake-tensor propagation from those inputs (AOT
+    autograd's graphs come with fake inputs and metas of their own trace: left as they
+    are)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    if not tensors or any(isinstance(x, FakeTensor) for x in tensors):
+        return
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fakes = [mode.from_tensor(x) if isinstance(x, torch.Tensor) else x for x in example_inputs]
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
 
 
 def load_cached_graph(key: str, name: str) -> Callable[..., Any] | None:

@@ -94,6 +94,7 @@ def column_loops(kw: KernelWriter, dims_c: list[str]) -> list[str]:
                 kw.local_ref[m.buffer.name] = f"{arrays[m.buffer.name]}[j]"
         else:
             lines.append(f"{ind}for (int64_t x0 = 0; x0 < {rows}; x0++) {{")
+            lines += _prefetches(kw, ind + "    ", members, stores=True)
             lines.append(f"{ind}    #pragma omp simd")
             lines.append(f"{ind}    for (int64_t j = 0; j < on; j++) {{")
             lines.append(f"{ind}        const int64_t x1 = o0 + j;")
@@ -217,26 +218,42 @@ def _column_reduction(kw: KernelWriter, ind: str, rows: str,
     return lines
 
 
-def _prefetches(kw: KernelWriter, ind: str, members: list[Member]) -> list[str]:
+def _prefetches(kw: KernelWriter, ind: str, members: list[Member],
+                stores: bool = False) -> list[str]:
     """In the row loop: the tile's part of the row ``PREFETCH_ROWS`` ahead, for each input
-    the stage reads along its rows, prefetched into L2 (see PREFETCH_ROWS)."""
+    the stage reads along its rows (and, with ``stores``, each buffer it writes), prefetched
+    into L2 (see PREFETCH_ROWS)."""
     x0, x1 = loop_var(0), loop_var(1)
     lines: list[str] = []
     seen: set[str] = set()
     for m in members:
         for name, off in ir.loads(kw.kernel.value(m)):
-            if name in kw.members or sympy.expand(off.subs(x1, x1 + 1) - off) != 1:
+            if name in kw.members or sympy.expand(off.subs(x1, x1 + 1) - off) != 1 or \
+                    not off.has(x0):  # a row broadcast to every row stays in cache
                 continue
             address = f"&{kw.pointer(name)}[{kw.index(off.subs(x0, x0 + PREFETCH_ROWS))}]"
             if address in seen:
                 continue
             seen.add(address)
-            step = max(1, 64 // kw.dtypes[name].itemsize)  # one prefetch per cache line
-            lines += [f"{ind}for (int64_t j = 0; j < on; j += {step}) {{",
-                      f"{ind}    const int64_t x1 = o0 + j;",
-                      f"{ind}    __builtin_prefetch({address}, 0, 1);",
-                      f"{ind}}}"]
+            lines += _prefetch_loop(ind, address, kw.dtypes[name].itemsize, write=False)
+    if stores:  # the rows this stage writes, for writing (their lines are read for ownership)
+        for m in members:
+            if m.buffer.name in kw.kernel.local:
+                continue
+            off = kw.kernel.store_offset(m)
+            if sympy.expand(off.subs(x1, x1 + 1) - off) != 1 or not off.has(x0):
+                continue
+            address = f"&{kw.pointer(m.buffer.name)}[{kw.index(off.subs(x0, x0 + PREFETCH_ROWS))}]"
+            lines += _prefetch_loop(ind, address, m.buffer.dtype.itemsize, write=True)
     return lines
+
+
+def _prefetch_loop(ind: str, address: str, itemsize: int, write: bool) -> list[str]:
+    step = max(1, 64 // itemsize)  # one prefetch per cache line
+    return [f"{ind}for (int64_t j = 0; j < on; j += {step}) {{",
+            f"{ind}    const int64_t x1 = o0 + j;",
+            f"{ind}    __builtin_prefetch({address}, {int(write)}, 1);",
+            f"{ind}}}"]
 
 
 # --- m2: a Welford update per block of rows -------------------------------------------------
