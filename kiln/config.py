@@ -167,8 +167,8 @@ frame_cache = _entry(
     "and AOT autograd caches) on disk (cache_dir()/frames), so a later process loads it "
     "without tracing: a warm start that never imports torch._dynamo. Active with "
     "fx_graph_cache and enable_autograd_cache; only for the 'kiln' backend and frames "
-    "without graph breaks or symbolic sizes. torch's closest setting is caching_precompile "
-    "(off by default there).")
+    "without graph breaks (symbolic sizes are kept). torch's closest setting is "
+    "caching_precompile (off by default there).")
 fx_graph_remote_cache = _entry(
     "fx_graph_remote_cache", False,
     "Also look compiled graphs up in, and store them to, the remote cache (Redis at "

@@ -204,9 +204,9 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
                      f"{compile_id} {code.co_qualname}")
     persisted = None
     if hooks.persist:
-        if break_at is not None or output.symbol_sources:
-            log.info("kiln frame cache: %s is not persisted: it has %s", code.co_qualname,
-                     "a graph break" if break_at is not None else "symbolic sizes")
+        if break_at is not None:
+            log.info("kiln frame cache: %s is not persisted: it has a graph break",
+                     code.co_qualname)
         else:
             persisted = persist.record(fn, guards, guard_set, [*prologue, *body],
                                        output.traced_codes, code.co_qualname)

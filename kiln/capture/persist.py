@@ -18,8 +18,9 @@ can rebuild the cache entry without tracing at all:
 Identity guards (``id(L['self']) == 1403...``) cannot hold in another process: they are
 re-rendered for the objects of the call that loads the entry, after those objects matched
 their descriptors, and the module-structure clause is rebuilt over them. Only complete
-frames are persisted: no graph break, no eager fallback, no symbolic sizes, the ``"kiln"``
-backend, every namespace value bindable. Anything that does not hold makes the entry a
+frames are persisted: no graph break, no eager fallback, the ``"kiln"`` backend, every
+namespace value bindable (symbolic sizes are fine: their guards are text over sources like
+the others, and the graphs take sizes as arguments). Anything that does not hold makes the entry a
 miss, and the frame is compiled as usual. Entries live under ``cache_dir()/frames``, keyed
 by the code object's fingerprint, kiln's sources, the versions and kiln.config.
 """

@@ -164,18 +164,13 @@ def test_closures_and_globals(frame_cache):
 SCALE = 1.0
 
 
-def test_frames_with_graph_breaks_or_symbolic_sizes_are_not_persisted(frame_cache):
+def test_a_frame_with_a_graph_break_is_not_persisted_but_its_resume_function_is(frame_cache):
     def broken(x):
         x = x + 1
         kiln.graph_break()
         return x * 2
 
-    def dynamic(x):
-        return x * 3
-
     x = torch.randn(3)
-    kiln.compile(dynamic, dynamic=True)(x)
-    assert counters["frames"]["persisted_saved"] == 0
     kiln.compile(broken)(x)
     # the frame with the break is not persisted; its resume function, a frame of its own
     # without one, is
@@ -184,6 +179,43 @@ def test_frames_with_graph_breaks_or_symbolic_sizes_are_not_persisted(frame_cach
     counters.clear()
     torch.testing.assert_close(kiln.compile(broken)(x), broken(x))
     assert _hits() == 1 and counters["frames"]["total"] == 1
+
+
+def test_dynamic_entries_serve_new_sizes_in_a_warm_process(frame_cache):
+    def fn(x, y):
+        return (torch.sin(x) * y.shape[0] + y.sum(0)).relu()
+
+    compiled = kiln.compile(fn)
+    for n in (4, 5):  # the second size recompiles with symbolic sizes (automatic dynamic)
+        compiled(torch.randn(n, 3), torch.randn(n + 1, 3))
+    assert counters["frames"]["persisted_saved"] == 2
+    kiln.reset()
+    counters.clear()
+    compiled = kiln.compile(fn)
+    for n in (7, 4, 9, 2):
+        x, y = torch.randn(n, 3), torch.randn(n + 1, 3)
+        torch.testing.assert_close(compiled(x, y), fn(x, y))
+    assert _hits() == 1 and counters["frames"]["total"] == 0
+    # another dtype fails the entries' guards: compiled as usual
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    torch.testing.assert_close(compiled(x, y), fn(x, y))
+    assert counters["frames"]["total"] == 1 and counters["frames"]["persisted_miss"] == 1
+
+
+def test_marked_dynamic_sizes(frame_cache):
+    def fn(x):
+        return x.cos() + x.shape[0]
+
+    x = torch.randn(8, 2)
+    kiln.mark_dynamic(x, 0)
+    kiln.compile(fn)(x)
+    kiln.reset()
+    counters.clear()
+    for n in (3, 8, 11):
+        x = torch.randn(n, 2)
+        kiln.mark_dynamic(x, 0)
+        torch.testing.assert_close(kiln.compile(fn)(x), fn(x))
+    assert _hits() == 1 and counters["frames"]["total"] == 0
 
 
 def test_off_with_the_fx_graph_cache_or_the_setting(frame_cache):
@@ -338,3 +370,42 @@ def test_models_loaded_from_persisted_frames_equal_eager(frame_cache, name, mode
             torch.testing.assert_close(got[1][key], grad, msg=lambda m, k=key: f"{k}: {m}")
         for key, value in expected[2].items():
             torch.testing.assert_close(got[2][key], value, msg=lambda m, k=key: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("name", ["gpt2_block", "gpt2"])
+def test_new_sequence_lengths_in_a_warm_process(frame_cache, name):
+    """Two lengths make the model's graph dynamic; after kiln.reset() the persisted dynamic
+    entry serves other lengths without tracing, with eager's outputs and gradients."""
+    import copy
+
+    from benchmarks.models import MODELS
+
+    model, _ = MODELS[name]()
+    reference = copy.deepcopy(model)
+
+    def inputs(seq, seed):
+        g = torch.Generator().manual_seed(seed)
+        if name == "gpt2_block":
+            return (torch.randn(2, seq, 64, generator=g),)
+        return (torch.randint(0, 256, (2, seq), generator=g),)
+
+    compiled = kiln.compile(model)
+    for seed, seq in enumerate([16, 12]):
+        torch.manual_seed(0)
+        compiled(*inputs(seq, seed)).sum().backward()
+    kiln.reset()
+    counters.clear()
+    compiled = kiln.compile(model)
+    for seed, seq in enumerate([8, 20, 5]):
+        model.zero_grad()
+        reference.zero_grad()
+        torch.manual_seed(seed)
+        out = compiled(*inputs(seq, seed))
+        out.sum().backward()
+        torch.manual_seed(seed)
+        expected = reference(*inputs(seq, seed))
+        expected.sum().backward()
+        torch.testing.assert_close(out, expected)
+        for (key, p), q in zip(model.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, msg=lambda m, k=key: f"{k}: {m}")
+    assert _hits() == 1 and counters["frames"]["total"] == 0
