@@ -43,6 +43,7 @@ from kiln.aot.trace import (
     tangent_like,
     trace,
 )
+from kiln.exc import InternalKilnError
 from kiln.utils import detect_fake_mode
 
 log = logging.getLogger("kiln.aot")
@@ -111,14 +112,20 @@ def unless_aliased(run: Callable[..., list[Any]], meta: AotMetadata,
     def run_unless_aliased(*args: Any) -> list[Any]:
         # called with views of one another, a mutation through one must show through the
         # others, which only eager gives
-        if any(isinstance(a, torch.Tensor) and a._base is not None for a in args) and \
-                groups_sharing_mutated(args, mutated, _may_overlap):
+        if shares_memory_with_mutated(args, mutated):
             return list(flat_fn(*args))
         return run(*args)
 
     run_unless_aliased._kiln_aot_meta = meta  # type: ignore[attr-defined]
     run_unless_aliased._kiln_aot_recipe = getattr(run, "_kiln_aot_recipe", None)  # type: ignore[attr-defined]
     return run_unless_aliased
+
+
+def shares_memory_with_mutated(args: Sequence[Any], mutated: Sequence[int]) -> bool:
+    """Whether a tensor of ``args`` may share memory with a mutated one (``mutated``:
+    indices into ``args``): then only eager gives the mutation's effect on the others."""
+    return any(isinstance(a, torch.Tensor) and a._base is not None for a in args) and \
+        bool(groups_sharing_mutated(args, mutated, _may_overlap))
 
 
 def _compile_with_synthetic_bases(flat_fn: Callable[..., Sequence[Any]],
@@ -402,24 +409,36 @@ def aot_module_simplified(mod: nn.Module, args: Sequence[Any], fw_compiler: Comp
     forward.named_parameters = mod.named_parameters  # type: ignore[attr-defined]
     forward.named_buffers = mod.named_buffers  # type: ignore[attr-defined]
     entry = getattr(run, "_kiln_aot_entry", None)
-    if entry is not None and not params and not entry[2].meta.mutated_inputs and \
-            not _Deduplicated(fakes).any:
-        # rebuildable from the entry alone (load_forward): a persisted frame refers to it
+    if entry is not None and not params and not _Deduplicated(fakes).any:
+        # rebuildable from the entry alone (load_forward): a persisted frame refers to it,
+        # and guards calls whose inputs share memory with a mutated one (the runtime would
+        # run the traced function for them, which load_forward does not have)
         forward._kiln_aot_entry = entry[:2]  # type: ignore[attr-defined]
+        forward._kiln_aot_mutated = tuple(entry[2].meta.mutated_inputs)  # type: ignore[attr-defined]
     return forward
 
 
 def load_forward(key: str, name: str, loader: Any) -> Callable[..., Any] | None:
     """What :func:`aot_module_simplified` returned for a graph whose AOT autograd entry is
-    ``name`` of ``key`` (one without parameters, mutated or duplicated inputs), loaded
-    without tracing; None when the entry or one of its graphs is gone."""
+    ``name`` of ``key`` (one without parameters or duplicated inputs), loaded without
+    tracing; None when the entry or one of its graphs is gone. Its caller must not pass
+    inputs that share memory with a mutated one (:func:`shares_memory_with_mutated`): a
+    persisted frame guards that."""
     found = AotAutogradCache.load_by_name(key, name, loader)
     if found is None:
         return None
-    run, spec, _ = found
+    run, spec, recipe = found
+    run = unless_aliased(run, recipe.meta, _not_traced)
     forward = _forward(run, spec, [])
     forward._kiln_aot_entry = (key, name)  # type: ignore[attr-defined]
+    forward._kiln_aot_mutated = tuple(recipe.meta.mutated_inputs)  # type: ignore[attr-defined]
     return forward
+
+
+def _not_traced(*args: Any) -> list[Any]:
+    raise InternalKilnError("a forward loaded from the AOT autograd cache was called with "
+                            "inputs sharing memory with a mutated input; its frame's guard "
+                            "should have sent the call to a compile")
 
 
 def _forward(run: Callable[..., list[Any]], spec: Any,

@@ -232,8 +232,8 @@ class AotAutogradCache(FxGraphCache):
                      ) -> tuple[Callable[..., list[Any]], Any, AotRecipe] | None:
         """``(runtime, out_spec, recipe)`` of exactly the entry ``name`` of ``key``, for a
         caller that knows its guards hold (a persisted frame, kiln/capture/persist.py); the
-        runtime as :func:`build_runtime` makes it (so not for recipes of mutated inputs or
-        duplicated inputs, which need the traced function). None when it is gone."""
+        runtime as :func:`build_runtime` makes it (without the wrappers that need the traced
+        function: kiln.aot.api.load_forward). None when it is gone."""
         if not config.enable_autograd_cache or not (cls._local_on() or cls._remote_on()):
             return None
         entry = cls.load_entry(key, name)

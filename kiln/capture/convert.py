@@ -188,6 +188,7 @@ def _compile(fn: types.FunctionType, args: tuple[Any, ...], hooks: FrameHooks, c
         inputs = ", ".join(guards.bind(i.source, i.example, "p") if i.static
                            else guards.expr(i.source) for i in output.inputs)
         prologue.insert(0, f"___out = {graph_name}({inputs})")
+        guards.graph_call = (graph_name, inputs)
         counters["stats"]["unique_graphs"] += 1
         if logs.enabled("graph_code"):
             logs.log_artifact("graph_code", "TRACED GRAPH %s %s\n%s", compile_id, code.co_name,

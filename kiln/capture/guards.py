@@ -201,6 +201,8 @@ class GuardBuilder:
         # names of ``ns`` bound to an object read through a source: the expression that reads
         # it again (a new process rebinds them so: kiln/capture/persist.py)
         self.const_exprs: dict[str, str] = {}
+        # (ns name of the compiled graph, its arguments as code), once the backend ran
+        self.graph_call: tuple[str, str] | None = None
         self.tensor_sources: list[Source] = []
         self.aliases: list[tuple[Source, Source]] = []
 

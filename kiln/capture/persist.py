@@ -292,9 +292,30 @@ def _record(fn: types.FunctionType, builder: Any, guard_set: GuardSet, body: lis
         if source is None:
             raise NotPersistable(f"the class attribute {name} was read without a source")
         unshadowed.append((builder.expr(source), name))
+    mutated = _mutated_inputs(builder, ns_values)
+    if mutated:
+        # the loaded forward cannot run calls whose inputs share memory with a mutated one
+        # (kiln.aot.api.load_forward): such calls fail this clause and are compiled
+        from kiln.aot.api import shares_memory_with_mutated
+
+        check = "___shares_memory_with_mutated"
+        bindings.append(Binding(check, "static", describe(shares_memory_with_mutated)))
+        _, inputs = builder.graph_call
+        clauses.append(StoredClause(
+            "NO_MUTATED_INPUT_ALIASING", f"not {check}(({inputs},), {mutated!r})",
+            f"no graph input shares memory with a mutated one ({list(mutated)})",
+            guards_mod.RANK_ALIASING))
     files = _source_files([fn.__code__, *traced_codes], ns_values)
     return PersistedFrame(list(guard_set.params), bindings, clauses, structure, unshadowed,
                           list(body), label, files)
+
+
+def _mutated_inputs(builder: Any, ns_values: dict[str, Any]) -> tuple[int, ...]:
+    """The graph inputs (positions) the compiled graph mutates, or () without a graph."""
+    if builder.graph_call is None:
+        return ()
+    graph = ns_values.get(builder.graph_call[0])
+    return tuple(getattr(graph, "_kiln_aot_mutated", ()))
 
 
 def _record_structure(builder: Any, ns: CodeNamespace) -> list[tuple[str, bool | None, Any]]:
