@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-aot-everywhere test-kiln-everywhere lint bench clean
+.PHONY: demo test test-aot-everywhere test-kiln-everywhere test-frame-cache-everywhere lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test-aot-everywhere: $(VENV)/.installed
 # the same with every counted graph run through backend "kiln" (AOT autograd + C++ codegen)
 test-kiln-everywhere: $(VENV)/.installed
 	$(PY) -m pytest -q tests/capture tests/seeds tests/models -p tests.plugins.kiln_everywhere
+
+# every capture-corpus program also compiled with "kiln", reloaded from its persisted frame
+# after kiln.reset(), and checked against eager again
+test-frame-cache-everywhere: $(VENV)/.installed
+	$(PY) -m pytest -q tests/capture/test_corpus_*.py -p tests.plugins.frame_cache_everywhere
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check kiln tests benchmarks examples
