@@ -409,7 +409,11 @@ def aot_module_simplified(mod: nn.Module, args: Sequence[Any], fw_compiler: Comp
     forward.named_parameters = mod.named_parameters  # type: ignore[attr-defined]
     forward.named_buffers = mod.named_buffers  # type: ignore[attr-defined]
     entry = getattr(run, "_kiln_aot_entry", None)
-    if entry is not None and not params and not _Deduplicated(fakes).any:
+    forward._kiln_not_loadable = (  # type: ignore[attr-defined]
+        "the AOT autograd cache did not store it" if entry is None else
+        "the graph holds parameters" if params else
+        "one tensor is passed as two graph inputs" if _Deduplicated(fakes).any else None)
+    if forward._kiln_not_loadable is None:  # type: ignore[attr-defined]
         # rebuildable from the entry alone (load_forward): a persisted frame refers to it,
         # and guards calls whose inputs share memory with a mutated one (the runtime would
         # run the traced function for them, which load_forward does not have)

@@ -262,8 +262,8 @@ def _record(fn: types.FunctionType, builder: Any, guard_set: GuardSet, body: lis
         elif hasattr(value, "_kiln_aot_entry"):
             bindings.append(Binding(name, "graph", tuple(value._kiln_aot_entry)))
         elif name.startswith("___graph"):
-            raise NotPersistable("the compiled graph cannot be loaded from the AOT autograd "
-                                 "cache alone (parameters, mutated or duplicated inputs)")
+            why = getattr(value, "_kiln_not_loadable", None) or "not an AOT autograd forward"
+            raise NotPersistable(f"the compiled graph cannot be loaded without tracing: {why}")
         else:
             descriptor = describe(value)
             if descriptor[0] in ("nn_module", "tensor", "code"):

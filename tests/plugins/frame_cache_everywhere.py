@@ -33,9 +33,10 @@ class _NotPersisted(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if "is not persisted:" in message:
-            reason = message.split("is not persisted:", 1)[1].strip()
-            _reasons[re.sub(r"0x[0-9a-f]+|\d+", "N", reason)[:100]] += 1
+        for marker in ("is not persisted:", "not stored:", "bypass"):
+            if marker in message:
+                reason = marker + " " + message.split(marker, 1)[1].strip()
+                _reasons[re.sub(r"0x[0-9a-f]+|\d+", "N", reason)[:100]] += 1
 
 
 _logger = logging.getLogger("kiln.cache")
