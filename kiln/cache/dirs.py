@@ -22,11 +22,22 @@ ENV = "KILN_CACHE_DIR"
 _CLEARERS: list[Callable[[], None]] = []
 
 
+class CacheDirError(OSError):
+    """kiln's cache directory cannot be created or is not a directory."""
+
+
 def cache_dir() -> Path:
     """The root of kiln's on-disk caches (created when missing)."""
     root = os.environ.get(ENV)
     path = Path(root) if root else Path.home() / ".cache" / "kiln"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        where = f"${ENV}={root}" if root else f"the default {path}"
+        raise CacheDirError(
+            f"kiln's cache directory ({where}) cannot be used: {e}. Set ${ENV} to a "
+            "writable directory (kiln builds its kernels there even with the caches "
+            "off).") from e
     return path
 
 

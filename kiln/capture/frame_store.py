@@ -10,6 +10,7 @@ replaced, never an error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import pickle
@@ -63,8 +64,12 @@ def _path(key: str) -> Path:
 def _read(key: str) -> list[persist.PersistedFrame]:
     from kiln.cache.store import read_entry
 
-    path = _path(key)
-    payload = read_entry(path)
+    try:
+        path = _path(key)
+        payload = read_entry(path)
+    except OSError as e:  # an unusable cache directory: no persisted frames, not an error
+        log.warning("kiln cache: cannot read persisted frames: %s", e)
+        return []
     if payload is None:
         return []
     try:
@@ -75,7 +80,8 @@ def _read(key: str) -> list[persist.PersistedFrame]:
         return frames
     except Exception as e:  # noqa: BLE001 - anything unreadable is a miss
         log.warning("kiln cache: discarding the persisted frames %s: %s", path, e)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
         return []
 
 
@@ -132,7 +138,7 @@ def save(key: str, persisted: persist.PersistedFrame, frame_state: FrameState) -
         return
     try:
         write_entry(_path(key), payload)
-    except OSError as e:
+    except OSError as e:  # read-only or full: the frame stays compiled in this process
         log.warning("kiln cache: cannot write the persisted frame %s: %s", key, e)
         return
     counters["frames"]["persisted_saved"] += 1

@@ -19,48 +19,72 @@ SIMD_FUNCTIONS = ("exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "si
 _BINARY = {"atan2", "pow"}
 
 
-# exp of a float (kiln_expf). With AVX-512, 16 lanes at a time by kiln's own vector function:
+# exp of a float (kiln_expf). With AVX-512, 16 lanes (or 8 with AVX-512VL, where gcc prefers
+# 256-bit vectors, as on Intel's server chips) at a time by kiln's own vector function:
 # x clamped to [-104, 89] (NaN kept: min/max return their second operand for a NaN), n =
 # rint(x log2 e), r = x - n ln 2 in two Cody-Waite steps, e^r by Cephes' expf polynomial, and
 # 2^n applied by vscalefps, which rounds once and gives denormals, 0 and inf where they belong
-# (exp(-inf) = 0, exp(inf) = inf, NaN -> NaN). At most 2 ulp from the exact exp (tests/codegen
-# check it; libmvec's is 1); softmax's loop, which exp bounds, runs ~20% faster. gcc calls the
-# vector variants by their vector-ABI names; the scalar kiln_expf (loop tails) is a jump to
-# expf, written in assembly so that gcc makes no simd clones of it; the narrower variants (8
-# and 4 lanes) are libmvec's. Written with gcc's builtins: immintrin.h would add 0.3 s to
-# every compile.
+# (exp(-inf) = 0, exp(inf) = inf, NaN -> NaN). Within 1 ulp of the exact exp over every 97th
+# float (tests/codegen check a sparser sweep); softmax's loop, which exp bounds, runs ~20%
+# faster than with libmvec's. gcc calls the vector variants by their vector-ABI names; the
+# scalar kiln_expf (loop tails) is a jump to expf, written in assembly so that gcc makes no
+# simd clones of it; the AVX and SSE variants are libmvec's. Written with gcc's builtins:
+# immintrin.h would add 0.3 s to every compile.
 FAST_EXP = r"""
 #if defined(__AVX512F__) && defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 typedef float kiln_v16sf __attribute__((vector_size(64)));
 typedef float kiln_v8sf __attribute__((vector_size(32)));
 typedef float kiln_v4sf __attribute__((vector_size(16)));
-#define KILN_V16(v) ((kiln_v16sf){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v})
-#define KILN_FMA16(a, b, c) __builtin_ia32_vfmaddps512_mask((a), (b), (c), (short)-1, 4)
+struct kiln_zmm {  // 16 lanes (AVX-512F)
+    typedef kiln_v16sf V;
+    static V min(V a, V b) { return __builtin_ia32_minps512_mask(a, b, V{}, (short)-1, 4); }
+    static V max(V a, V b) { return __builtin_ia32_maxps512_mask(a, b, V{}, (short)-1, 4); }
+    static V rint(V a) { return __builtin_ia32_rndscaleps_mask(a, 8, V{}, (short)-1, 4); }
+    static V fma(V a, V b, V c) { return __builtin_ia32_vfmaddps512_mask(a, b, c, (short)-1, 4); }
+    static V scalef(V a, V b) {
+        return __builtin_ia32_scalefps512_mask(a, b, V{}, (short)-1, 4);
+    }
+};
+#if defined(__AVX512VL__)
+struct kiln_ymm {  // 8 lanes (AVX-512VL: gcc's choice where it prefers 256-bit vectors)
+    typedef kiln_v8sf V;
+    static V min(V a, V b) { return __builtin_ia32_minps256(a, b); }
+    static V max(V a, V b) { return __builtin_ia32_maxps256(a, b); }
+    static V rint(V a) { return __builtin_ia32_rndscaleps_256_mask(a, 8, V{}, (unsigned char)-1); }
+    static V fma(V a, V b, V c) { return __builtin_ia32_vfmaddps256(a, b, c); }
+    static V scalef(V a, V b) {
+        return __builtin_ia32_scalefps256_mask(a, b, V{}, (unsigned char)-1);
+    }
+};
+#endif
+template <class O> static inline typename O::V kiln_exp_lanes(typename O::V x) {
+    typedef typename O::V V;
+    const V c = O::min(V{} + 89.0f, O::max(V{} - 104.0f, x));
+    const V n = O::rint(c * 1.44269504088896341f);
+    V r = O::fma(n, V{} - 0.693359375f, c);
+    r = O::fma(n, V{} + 2.12194440e-4f, r);
+    V p = V{} + 1.9875691500e-4f;
+    p = O::fma(p, r, V{} + 1.3981999507e-3f);
+    p = O::fma(p, r, V{} + 8.3334519073e-3f);
+    p = O::fma(p, r, V{} + 4.1665795894e-2f);
+    p = O::fma(p, r, V{} + 1.6666665459e-1f);
+    p = O::fma(p, r, V{} + 5.0000001201e-1f);
+    return O::scalef(O::fma(p, r * r, r) + 1.0f, n);
+}
 extern "C" {
 __attribute__((simd("notinbranch"), visibility("hidden"), const, nothrow)) float
 kiln_expf(float) noexcept;  // const: gcc if-converts loops calling it (as it does for expf)
 kiln_v8sf _ZGVdN8v_expf(kiln_v8sf); kiln_v8sf _ZGVcN8v_expf(kiln_v8sf);
 kiln_v4sf _ZGVbN4v_expf(kiln_v4sf);
 __attribute__((visibility("hidden"))) kiln_v16sf _ZGVeN16v_kiln_expf(kiln_v16sf x) {
-    const kiln_v16sf z = KILN_V16(0.0f);
-    const kiln_v16sf c = __builtin_ia32_minps512_mask(
-        KILN_V16(89.0f), __builtin_ia32_maxps512_mask(KILN_V16(-104.0f), x, z, (short)-1, 4),
-        z, (short)-1, 4);
-    const kiln_v16sf n = __builtin_ia32_rndscaleps_mask(c * KILN_V16(1.44269504088896341f), 8,
-                                                         z, (short)-1, 4);
-    kiln_v16sf r = KILN_FMA16(n, KILN_V16(-0.693359375f), c);
-    r = KILN_FMA16(n, KILN_V16(2.12194440e-4f), r);
-    kiln_v16sf p = KILN_V16(1.9875691500e-4f);
-    p = KILN_FMA16(p, r, KILN_V16(1.3981999507e-3f));
-    p = KILN_FMA16(p, r, KILN_V16(8.3334519073e-3f));
-    p = KILN_FMA16(p, r, KILN_V16(4.1665795894e-2f));
-    p = KILN_FMA16(p, r, KILN_V16(1.6666665459e-1f));
-    p = KILN_FMA16(p, r, KILN_V16(5.0000001201e-1f));
-    const kiln_v16sf y = KILN_FMA16(p, r * r, r) + KILN_V16(1.0f);
-    return __builtin_ia32_scalefps512_mask(y, n, z, (short)-1, 4);
+    return kiln_exp_lanes<kiln_zmm>(x);
 }
 __attribute__((visibility("hidden"))) kiln_v8sf _ZGVdN8v_kiln_expf(kiln_v8sf x) {
+#if defined(__AVX512VL__)
+    return kiln_exp_lanes<kiln_ymm>(x);
+#else
     return _ZGVdN8v_expf(x);
+#endif
 }
 __attribute__((visibility("hidden"))) kiln_v8sf _ZGVcN8v_kiln_expf(kiln_v8sf x) {
     return _ZGVcN8v_expf(x);

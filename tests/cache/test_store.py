@@ -44,3 +44,21 @@ def test_a_damaged_entry_is_a_logged_miss_and_removed(tmp_path, caplog, how):
 def test_a_missing_entry_is_a_quiet_miss(tmp_path, caplog):
     assert store.read_entry(tmp_path / "none") is None
     assert caplog.text == ""
+
+
+def test_an_unusable_cache_directory_is_a_clear_error(tmp_path, monkeypatch):
+    import torch
+
+    import kiln
+    from kiln.cache import cache_dir
+    from kiln.cache.dirs import CacheDirError
+    from kiln.exc import BackendCompilerFailed
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv("KILN_CACHE_DIR", str(not_a_dir))
+    with pytest.raises(CacheDirError, match=r"\$KILN_CACHE_DIR=.*cannot be used.*writable"):
+        cache_dir()
+    with kiln.config.patch(frame_cache=True, fx_graph_cache=True), \
+            pytest.raises(BackendCompilerFailed, match="cannot be used"):
+        kiln.compile(lambda x: x.sin() + 1)(torch.ones(3))
