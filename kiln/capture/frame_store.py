@@ -103,12 +103,14 @@ def load(key: str, fn: types.FunctionType, args: tuple[Any, ...],
     reasons = []
     for persisted in frames:
         try:
-            guard_set, run = persist.instantiate(persisted, fn, call_args, load_graph)
+            guard_set = persist.instantiate(persisted, fn, call_args)
+            if not guard_set.compile()(*call_args):
+                reasons.append("; ".join(guard_set.failure_reasons(call_args, False)))
+                continue
+            # only now the graphs (a load counts as a cache hit and replays kernel counts)
+            run = persist.entry_code(persisted, guard_set, load_graph)
         except persist.Mismatch as e:
             reasons.append(str(e))
-            continue
-        if not guard_set.compile()(*call_args):
-            reasons.append("; ".join(guard_set.failure_reasons(call_args, False)))
             continue
         if not frame_state.sizes and not frame_state.scalars:
             frame_state.sizes, frame_state.scalars = persist.frame_state_restore(

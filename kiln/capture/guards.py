@@ -565,6 +565,7 @@ class GuardSet:
     _checks: list[Callable[..., bool]] | None = field(default=None, repr=False)
     _id_getters: list[tuple[Callable[..., Any], weakref.ref]] | None = field(
         default=None, repr=False)
+    _guard: Callable[..., bool] | None = field(default=None, repr=False)
 
     def id_matched_objects(self) -> list[Any]:
         return [obj for _, _, ref in self.id_matched if (obj := ref()) is not None]
@@ -594,8 +595,12 @@ class GuardSet:
                 f"        return False\n")
 
     def compile(self) -> Callable[..., bool]:
-        exec(compile(self.source_code(), "<kiln guard>", "exec"), self.ns.values)
-        return self.ns.values.pop("___guard")
+        """The check function (made once: the frame cache tries a persisted entry's guard
+        before it becomes the entry's)."""
+        if self._guard is None:
+            exec(compile(self.source_code(), "<kiln guard>", "exec"), self.ns.values)
+            self._guard = self.ns.values.pop("___guard")
+        return self._guard
 
     def failure_reasons(self, args: tuple[Any, ...], verbose: bool) -> list[str]:
         """The clauses that fail for ``args`` (``(closure, *frame args)``), as texts: the first

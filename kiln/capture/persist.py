@@ -382,10 +382,11 @@ class Mismatch(Exception):
     """A persisted entry does not fit this call (the reason is the message)."""
 
 
-def instantiate(persisted: PersistedFrame, fn: types.FunctionType, call_args: tuple[Any, ...],
-                load_graph: Callable[[str, str], Any]) -> tuple[GuardSet, Callable[..., Any]]:
-    """The guard set and entry code of ``persisted`` for the objects of this call
-    (``(closure, *args)``); raises when they do not match what the entry assumed."""
+def instantiate(persisted: PersistedFrame, fn: types.FunctionType,
+                call_args: tuple[Any, ...]) -> GuardSet:
+    """The guard set of ``persisted`` for the objects of this call (``(closure, *args)``);
+    raises Mismatch when they do not match what the entry assumed. The compiled graphs are
+    not loaded yet (:func:`entry_code`, once the guard passed)."""
     for path, digest in persisted.files.items():
         if file_digest(path) != digest:
             raise Mismatch(f"{path} changed")
@@ -405,11 +406,6 @@ def instantiate(persisted: PersistedFrame, fn: types.FunctionType, call_args: tu
             if not matches(binding.check, value):
                 raise Mismatch(f"{binding.data} is not what it was ({binding.check[0]})")
             values[binding.name] = value
-        elif binding.how == "graph":
-            graph = load_graph(*binding.data)
-            if graph is None:
-                raise Mismatch(f"the graph's AOT autograd entry {binding.data[0]} is gone")
-            values[binding.name] = graph
     clauses = []
     id_matched = []
     for stored in persisted.clauses:
@@ -427,9 +423,22 @@ def instantiate(persisted: PersistedFrame, fn: types.FunctionType, call_args: tu
     if persisted.structure is not None:
         clauses.append(_structure(persisted, ns, params, call_args))
     clauses.sort(key=lambda c: c.rank)
-    guard_set = GuardSet(clauses, ns, params, id_matched)
-    run = make_entry(tuple(params), persisted.body, values, f"persisted {persisted.label}")
-    return guard_set, run
+    return GuardSet(clauses, ns, params, id_matched)
+
+
+def entry_code(persisted: PersistedFrame, guard_set: GuardSet,
+               load_graph: Callable[[str, str], Any]) -> Callable[..., Any]:
+    """The entry code of ``persisted`` in ``guard_set``'s namespace, its compiled graphs
+    loaded by ``load_graph(aot_key, name)``; raises Mismatch when one is gone."""
+    values = guard_set.ns.values
+    for binding in persisted.bindings:
+        if binding.how == "graph":
+            graph = load_graph(*binding.data)
+            if graph is None:
+                raise Mismatch(f"the graph's AOT autograd entry {binding.data[0]} is gone")
+            values[binding.name] = graph
+    return make_entry(tuple(persisted.params), persisted.body, values,
+                      f"persisted {persisted.label}")
 
 
 def _read(expr: str, ns: CodeNamespace, params: list[str], call_args: tuple[Any, ...]) -> Any:
@@ -501,5 +510,5 @@ def frame_state_restore(snapshot: tuple[dict[str, Any], dict[str, Any]]
 
 
 __all__ = ["PersistedFrame", "Binding", "StoredClause", "NotPersistable", "record",
-           "instantiate", "describe", "matches", "code_fingerprint", "file_digest",
+           "instantiate", "entry_code", "describe", "matches", "code_fingerprint", "file_digest",
            "frame_state_snapshot", "frame_state_restore"]

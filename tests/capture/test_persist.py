@@ -127,6 +127,20 @@ def test_a_guard_failure_after_a_hit_recompiles_with_torch_reasons(frame_cache):
     assert len(reasons) == 1
 
 
+def test_an_entry_whose_guard_fails_loads_no_graph(frame_cache):
+    def fn(x):
+        return torch.tanh(x) * 3
+
+    kiln.compile(fn, dynamic=False)(torch.randn(4))
+    kiln.reset()
+    counters.clear()
+    kiln.compile(fn, dynamic=False)(torch.randn(5))
+    assert counters["frames"]["persisted_miss"] == 1
+    # the size-4 entry's graphs were not loaded (a load counts as a cache hit)
+    assert counters["aot_autograd"]["autograd_cache_hit"] == 0
+    assert counters["codegen"]["fxgraph_cache_hit"] == 0
+
+
 def test_grad_mode_is_guarded(frame_cache):
     def fn(x):
         return x.cos() * 2
